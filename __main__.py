@@ -1,0 +1,3 @@
+from momentbus.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""Cutting clips from files with PyAV, and their sidecar metadata.
+
+``copy`` mode remuxes video and audio packets from the keyframe at or before ``t_start`` to the
+first frame after ``t_end``: no re-encoding, so it is fast and lossless, and the clip may start up
+to one GOP early. The sidecar records the requested and the actual edges. Writes are atomic
+(temporary file + rename) and file names are built from sanitised parts only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+from ..ipc.schema import Trig, to_json_dict
+from ..ipc.timebase import ns_to_pts, pts_to_ns
+
+
+class ClipError(RuntimeError):
+    """A clip could not be cut (source unreadable, empty window)."""
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    path: Path
+    sidecar: Path
+    requested_start_ns: int
+    requested_end_ns: int
+    actual_start_ns: int
+    actual_end_ns: int
+    video_packets: int
+    audio_packets: int
+
+
+def safe_name(text: str, limit: int = 48) -> str:
+    """``text`` reduced to ``[A-Za-z0-9_-]`` (never a path separator or dot-dot)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")[:limit] or "clip"
+
+
+def clip_name(index: int, trig: Trig) -> str:
+    return f"{index:03d}_{safe_name(trig.rule)}_{trig.t_event_ns / 1e9:08.3f}s".replace(".", "_", 1)
+
+
+def cut_copy(source: str | os.PathLike[str], start_ns: int, end_ns: int,
+             dest: str | os.PathLike[str]) -> tuple[int, int, int, int]:
+    """Remux ``[start_ns, end_ns]`` of ``source`` into ``dest`` (MP4) without re-encoding.
+
+    Returns ``(actual_start_ns, actual_end_ns, video_packets, audio_packets)`` on the source
+    clock: the keyframe the clip starts at and the end of its last video frame.
+
+    Raises:
+        ClipError: no video packet in the window, or the source cannot be read.
+    """
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.part")
+    try:
+        inp = av.open(str(source))
+    except av.error.FFmpegError as e:
+        raise ClipError(f"{source}: cannot open ({e})") from None
+    try:
+        video = inp.streams.video[0]
+        audio = inp.streams.audio[0] if inp.streams.audio else None
+        vtb = Fraction(video.time_base)
+        inp.seek(ns_to_pts(start_ns, vtb), stream=video, backward=True, any_frame=False)
+        out = av.open(str(tmp), "w", format="mp4")
+        try:
+            ovideo = out.add_stream_from_template(video)
+            oaudio = out.add_stream_from_template(audio) if audio is not None else None
+            origin_ns: int | None = None
+            actual_end = 0
+            nv = na = 0
+            video_done = False
+            streams = [video] + ([audio] if audio is not None else [])
+            for packet in inp.demux(streams):
+                if packet.dts is None or packet.pts is None:
+                    continue
+                tb = Fraction(packet.time_base)
+                t = pts_to_ns(packet.pts, tb)
+                if packet.stream is video:
+                    if origin_ns is None:
+                        if not packet.is_keyframe:
+                            continue
+                        origin_ns = t
+                    if t > end_ns:
+                        video_done = True
+                        if audio is None:
+                            break
+                        continue
+                    dur = pts_to_ns(packet.duration or 0, tb)
+                    actual_end = max(actual_end, t + dur)
+                    _rebase(packet, origin_ns, tb)
+                    packet.stream = ovideo
+                    out.mux(packet)
+                    nv += 1
+                else:
+                    if origin_ns is None or t < origin_ns:
+                        continue
+                    if t > end_ns:
+                        if video_done:
+                            break
+                        continue
+                    _rebase(packet, origin_ns, tb)
+                    packet.stream = oaudio
+                    out.mux(packet)
+                    na += 1
+            if nv == 0 or origin_ns is None:
+                raise ClipError(f"no video in [{start_ns / 1e9:.3f}, {end_ns / 1e9:.3f}] s")
+        finally:
+            out.close()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        inp.close()
+    os.replace(tmp, dest)
+    return origin_ns, actual_end, nv, na
+
+
+def _rebase(packet: av.Packet, origin_ns: int, tb: Fraction) -> None:
+    offset = ns_to_pts(origin_ns, tb)
+    packet.pts -= offset
+    packet.dts -= offset
+
+
+def write_clip(source: str, trig: Trig, clips_dir: str | os.PathLike[str], index: int,
+               duration_ns: int | None = None) -> ClipResult:
+    """Cut the clip of ``trig`` and write its sidecar JSON next to it (both atomically).
+
+    Raises:
+        ClipError: as :func:`cut_copy`.
+    """
+    clips = Path(clips_dir)
+    clips.mkdir(parents=True, exist_ok=True)
+    name = clip_name(index, trig)
+    dest = clips / f"{name}.mp4"
+    end = trig.t_end_ns if duration_ns is None else min(trig.t_end_ns, duration_ns)
+    a0, a1, nv, na = cut_copy(source, trig.t_start_ns, end, dest)
+    sidecar = clips / f"{name}.json"
+    meta: dict[str, Any] = {
+        "clip": dest.name, "source": str(source), "mode": "copy",
+        "requested": {"t_start_ns": trig.t_start_ns, "t_end_ns": trig.t_end_ns},
+        "actual": {"t_start_ns": a0, "t_end_ns": a1},
+        "video_packets": nv, "audio_packets": na,
+        "trig": to_json_dict(trig),
+    }
+    tmp = sidecar.with_name(f".{sidecar.name}.part")
+    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    os.replace(tmp, sidecar)
+    return ClipResult(dest, sidecar, trig.t_start_ns, trig.t_end_ns, a0, a1, nv, na)

@@ -1,0 +1,98 @@
+"""The daemon process: ``momentbus daemon SOURCE --bind ADDR``.
+
+Reads the source and serves it on the credit-based frame bus. With ``every`` groups the file is
+read only as fast as the slowest of them consumes; at end of file every member gets an Eof, and
+fusion (``--fusion``) gets the daemon's own Eof so the run can end by itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import zmq
+
+from ..ipc import sockets
+from ..ipc.errors import DecodeError
+from ..ipc.framebus import DEFAULT_MEMBER_TIMEOUT_S, DEFAULT_QUEUE_SIZE, FrameBusServer
+from ..ipc.schema import Eof, Frame, Welcome
+from ..supervisor import StopFlag
+from ..traces.tracer import Tracer
+from .source import FileSource
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    source: str
+    bind: str
+    fusion: str | None = None
+    expect: tuple[str, ...] = ()
+    wait_s: float = 120.0
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    member_timeout_s: float = DEFAULT_MEMBER_TIMEOUT_S
+    realtime: bool = False
+    source_id: str | None = None
+
+
+def run(cfg: DaemonConfig, tracer: Tracer, stop: StopFlag) -> int:
+    src = FileSource(cfg.source, cfg.source_id)
+    info = src.info
+    tracer.source_id = info.source_id
+    welcome = Welcome(source_id=info.source_id, width=info.width, height=info.height,
+                      time_base=info.time_base, duration_ns=info.duration_ns, live=False)
+
+    def on_bad(e: DecodeError) -> None:
+        tracer.bad_message(e)
+
+    server = FrameBusServer(cfg.bind, welcome, trace=tracer.emit, on_bad_message=on_bad,
+                            queue_size=cfg.queue_size, member_timeout_s=cfg.member_timeout_s)
+    fusion = sockets.connect(zmq.PUSH, cfg.fusion, linger_ms=5000) if cfg.fusion else None
+    tracer.emit("source", path=info.path, width=info.width, height=info.height,
+                time_base=str(info.time_base), duration_ns=info.duration_ns, frames=info.frames,
+                has_audio=info.has_audio, fps=info.average_fps)
+    reason = "end_of_stream"
+    last = {"video": (-1, 0), "audio": (-1, 0)}
+    try:
+        missing = server.wait_for_groups(cfg.expect, cfg.wait_s, stop.is_set)
+        if missing:
+            tracer.emit("member", event="never_joined", groups=missing)
+        t_wall0 = time.monotonic_ns()
+        t_src0: int | None = None
+        t_read = time.perf_counter_ns()
+        for item in src.items(audio=server.wants("audio")):
+            stream = "video" if isinstance(item, Frame) else "audio"
+            if isinstance(item, Frame):
+                tracer.emit("timing", stage="read", seq=item.seq, t_ns=item.t_ns,
+                            read_ms=round((time.perf_counter_ns() - t_read) / 1e6, 3))
+            while not server.can_accept() and not stop.is_set():
+                server.poll(20)  # backpressure from `every` groups: wait for credit
+            if stop.is_set():
+                reason = "stopped"
+                break
+            if cfg.realtime:  # pace a file like a live source
+                t_src0 = item.t_ns if t_src0 is None else t_src0
+                ahead_ns = (item.t_ns - t_src0) - (time.monotonic_ns() - t_wall0)
+                if ahead_ns > 0:
+                    server.poll(ahead_ns // 1_000_000)
+            server.publish(item)
+            server.poll(0)
+            last[stream] = (item.seq, item.t_ns)
+            t_read = time.perf_counter_ns()
+        for stream, (seq, t_ns) in last.items():
+            server.finish(stream, seq, t_ns, reason)
+        tracer.emit("summary", role="daemon", frames=src.video_seq, audio_chunks=src.audio_seq,
+                    decode_errors=src.decode_errors, reason=reason,
+                    groups={g.name: {"delivered": g.delivered, "dropped": g.dropped}
+                            for g in server.groups.values()})
+        if fusion is not None:
+            sockets.send(fusion, Eof(source_id=info.source_id, component="daemon",
+                                     last_seq=last["video"][0], t_end_ns=last["video"][1],
+                                     reason=reason))
+        while not server.drained() and not stop.is_set():
+            server.poll(100)  # members finish their last items (or time out)
+    finally:
+        server.close()
+        src.close()
+        if fusion is not None:
+            fusion.close(5000)
+    return 0

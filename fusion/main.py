@@ -1,0 +1,126 @@
+"""The fusion process: ``momentbus fusion --bind ADDR [--clip ADDR] --out DIR``.
+
+Receives Hello/Obs/Watermark/Heartbeat/Eof from extractor members (PULL, bound) and the daemon's
+Eof, drives the pure :class:`~momentbus.fusion.aligner.Aligner`, writes ``triggers.jsonl``,
+forwards each TRIG to the clip extractor (PUSH) and traces ``trigger``, ``late_obs``,
+``sync_delay`` and ``member`` records. Ends by itself once the source ended and every member
+ended or went absent, after flushing every rule.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from ..ipc import sockets
+from ..ipc.errors import DecodeError
+from ..ipc.schema import Eof, Heartbeat, Hello, Obs, Trig, Watermark, to_json_dict
+from ..supervisor import StopFlag
+from ..traces.tracer import Tracer
+from .aligner import DEFAULT_IDLE_TIMEOUT_NS, DEFAULT_JOIN_TIMEOUT_NS, Aligner, Output
+from .rules import RuleSpec, build_rules
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    bind: str
+    out_dir: str
+    clip: str | None = None
+    expected_groups: tuple[str, ...] = ()
+    idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS
+    join_timeout_ns: int = DEFAULT_JOIN_TIMEOUT_NS
+
+
+def monotonic_now() -> Callable[[], int]:
+    """A wall-clock reader for liveness that never goes backwards (CLOCK_MONOTONIC, ns)."""
+    last = 0
+
+    def now() -> int:
+        nonlocal last
+        last = max(last, time.monotonic_ns())
+        return last
+
+    return now
+
+
+def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag,
+        now: Callable[[], int] | None = None) -> int:
+    now = now or monotonic_now()
+    aligner = Aligner(build_rules(specs), list(cfg.expected_groups),
+                      idle_timeout_ns=cfg.idle_timeout_ns, join_timeout_ns=cfg.join_timeout_ns,
+                      start_ns=now())
+    pull = sockets.bind(zmq.PULL, cfg.bind, hwm=100_000)
+    clip = sockets.connect(zmq.PUSH, cfg.clip, linger_ms=5000) if cfg.clip else None
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    triggers = open(out_dir / "triggers.jsonl", "w", encoding="utf-8", buffering=1)
+    source_id = ""
+    fired = 0
+
+    def handle(out: Output) -> None:
+        nonlocal fired
+        for trig in out.trigs:
+            fired += 1
+            record = to_json_dict(trig)
+            triggers.write(json.dumps(record, separators=(",", ":")) + "\n")
+            tracer.emit("trigger", **{k: v for k, v in record.items() if k != "source_id"})
+            if clip is not None:
+                sockets.send(clip, trig)
+        for late in out.late:
+            tracer.emit("late_obs", **late)
+        for delay in out.sync_delays:
+            tracer.emit("sync_delay", **delay)
+        for member in out.members:
+            tracer.emit("member", **member)
+
+    try:
+        while not stop.is_set():
+            if pull.poll(100):
+                try:
+                    _, msg = sockets.recv(pull)
+                except DecodeError as e:
+                    tracer.bad_message(e)
+                    continue
+                t = now()
+                if isinstance(msg, Obs):
+                    if not source_id:
+                        source_id = tracer.source_id = msg.source_id
+                    handle(aligner.on_obs(msg, t))
+                elif isinstance(msg, Watermark):
+                    handle(aligner.on_watermark(msg.component, msg.group, msg.t_ns, t))
+                elif isinstance(msg, Heartbeat):
+                    handle(aligner.on_heartbeat(msg.component, t))
+                elif isinstance(msg, Hello):
+                    handle(aligner.on_join(msg.component, msg.group, t))
+                elif isinstance(msg, Eof):
+                    if msg.component == "daemon":
+                        handle(aligner.on_source_eof(t))
+                    else:
+                        member = aligner.members.get(msg.component)
+                        group = member.group if member else msg.component.split(":")[-1].split("#")[0]
+                        handle(aligner.on_eof(msg.component, group, t))
+                else:
+                    tracer.bad_message(DecodeError(f"unexpected {type(msg).__name__} at fusion"))
+            handle(aligner.on_tick(now()))
+            if aligner.done():
+                break
+        handle(aligner.finish(now()))
+        tracer.emit("summary", role="fusion", observations=aligner.obs_count, triggers=fired,
+                    late=aligner.late_count, bad_messages=tracer.bad_message_counts)
+        if clip is not None:
+            sockets.send(clip, Eof(source_id=source_id, component="fusion", last_seq=-1,
+                                   t_end_ns=0, reason="stopped" if stop.is_set() else "end_of_stream"))
+    finally:
+        triggers.close()
+        pull.close(0)
+        sockets.remove_ipc_file(cfg.bind)
+        if clip is not None:
+            clip.close(5000)
+    return 0
+
+

@@ -1,0 +1,225 @@
+"""``momentbus run``: the embedded default, every role as a local process over ``ipc://``.
+
+The parent is the supervisor and the trace collector: it starts clip, fusion, the extractors and
+the daemon, shows progress from the trace records, restarts crashed extractors within a budget,
+and ends with a summary once every child exited by itself (end of file propagates as Eof through
+every role). Ctrl-C stops everything (terminate -> timed join -> kill) and exits 130.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .daemon.source import probe
+from .fusion.rules import load_rules
+from .supervisor import Child, StopFlag, Supervisor
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    source: str
+    out_dir: str
+    rules: str | None = None
+    extractors: tuple[str, ...] = ("face", "quality")
+    fps: float = 10.0
+    restart_budget: int = 3
+    quiet: bool = False
+    trace_level: str = "normal"
+
+
+@dataclass
+class RunStats:
+    """Live counters built from trace records (the collector thread writes, the main reads)."""
+
+    frames_read: int = 0
+    processed: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    first_wall: dict[str, int] = field(default_factory=dict)
+    last_wall: dict[str, int] = field(default_factory=dict)
+    drops: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    triggers: list[dict[str, Any]] = field(default_factory=list)
+    clips: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    late: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_record(self, r: dict[str, Any]) -> None:
+        kind = r.get("record")
+        comp = r.get("component", "?")
+        with self.lock:
+            if kind == "timing":
+                if r.get("stage") == "read":
+                    self.frames_read += 1
+                elif "process_ms" in r:
+                    self.processed[comp].append(float(r["process_ms"]))
+                    self.first_wall.setdefault(comp, r["wall_ns"])
+                    self.last_wall[comp] = r["wall_ns"]
+            elif kind == "frame_drop":
+                self.drops[f"{r.get('group', comp)}:{r.get('reason')}"] += len(r.get("seqs") or [1])
+            elif kind == "trigger":
+                self.triggers.append(r)
+            elif kind == "clip":
+                self.clips.append(r)
+            elif kind == "error":
+                self.errors.append(r)
+            elif kind == "late_obs":
+                self.late += 1
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+def run_pipeline(opts: RunOptions) -> int:
+    """Run the whole pipeline on ``opts.source``; returns the exit code.
+
+    Raises:
+        SourceError: the source is missing, not media, or has no video (before anything starts).
+        RulesError: the rules file is invalid.
+    """
+    info = probe(opts.source)  # bad input fails here, in one line, before any process starts
+    load_rules(opts.rules)
+    console = Console(stderr=True)
+    out = Path(opts.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    for stale in (out / "clips").glob("*") if (out / "clips").exists() else []:
+        stale.unlink()
+    tmp = Path(tempfile.mkdtemp(prefix="momentbus-"))
+    addr = {name: f"ipc://{tmp}/{name}" for name in ("frames", "obs", "clip", "trace")}
+    stats = RunStats()
+
+    from .traces.tracer import TraceCollector
+
+    collector = TraceCollector(addr["trace"], out / "trace.jsonl", on_record=stats.on_record)
+    collector.start()
+    sup_events: list[str] = []
+
+    def on_event(kind: str, child: Child, **info_: Any) -> None:
+        if kind == "restart":
+            sup_events.append(f"{child.name} crashed (exit {child.history[-1]}), "
+                              f"restart {info_['attempt']}/{opts.restart_budget}")
+
+    sup = Supervisor(opts.restart_budget, log_dir=str(logs), on_event=on_event)
+    py = [sys.executable, "-m", "momentbus"]
+    common = ["--trace-collector", addr["trace"], "--trace-level", opts.trace_level]
+    groups = ",".join(opts.extractors)
+    stop = StopFlag().install()
+    code = 0
+    started = time.monotonic()
+    try:
+        sup.start(Child("clip", py + ["clip", opts.source, "--bind", addr["clip"],
+                                      "--out", str(out)] + common))
+        fusion_argv = py + ["fusion", "--bind", addr["obs"], "--clip", addr["clip"],
+                            "--out", str(out), "--expect", groups] + common
+        if opts.rules:
+            fusion_argv += ["--rules", opts.rules]
+        sup.start(Child("fusion", fusion_argv))
+        for kind in opts.extractors:
+            sup.start(Child(f"extractor-{kind}", py + [
+                "extractor", kind, "--daemon", addr["frames"], "--fusion", addr["obs"],
+                "--fps", str(opts.fps)] + common, restartable=True))
+        sup.start(Child("daemon", py + ["daemon", opts.source, "--bind", addr["frames"],
+                                        "--fusion", addr["obs"], "--expect", groups] + common))
+        total = info.frames or None
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total} frames"),
+                      TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                      console=console, disable=opts.quiet, transient=False) as progress:
+            task = progress.add_task(f"{info.source_id}", total=total, status="")
+            while True:
+                failed = sup.poll()
+                with stats.lock:
+                    status = (f"triggers {len(stats.triggers)}  clips {len(stats.clips)}"
+                              + (f"  errors {len(stats.errors)}" if stats.errors else ""))
+                    progress.update(task, completed=stats.frames_read, status=status)
+                for line in sup_events:
+                    console.print(f"[yellow]{line}")
+                sup_events.clear()
+                if failed:
+                    for child in failed:
+                        console.print(f"[red]{child.name} failed (exit {child.exit_code}); "
+                                      f"log: {child.stderr_path}")
+                        _print_tail(console, child.stderr_path)
+                    code = 1
+                    break
+                if not sup.running():
+                    break
+                if stop.is_set():
+                    code = 130
+                    break
+                time.sleep(0.1)  # supervisor poll period (not a test wait)
+    finally:
+        if sup.running():
+            # Ctrl-C reached the children too (same terminal): give them the grace period
+            sup.stop()
+        collector.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    if code == 130:
+        console.print("[yellow]stopped")
+        return code
+    _summary(console, info, stats, out, elapsed, collector)
+    return code
+
+
+def _print_tail(console: Console, path: str | None, lines: int = 8) -> None:
+    if not path or not Path(path).exists():
+        return
+    for line in Path(path).read_text(errors="replace").splitlines()[-lines:]:
+        console.print(f"    {line}", markup=False, highlight=False)
+
+
+def _summary(console: Console, info: Any, stats: RunStats, out: Path, elapsed: float,
+             collector: Any) -> None:
+    out_console = Console()
+    duration = (info.duration_ns or 0) / 1e9
+    out_console.print(f"[bold]{info.source_id}[/]: {stats.frames_read} frames read "
+                      f"({duration:.1f} s of video) in {elapsed:.1f} s "
+                      f"= {duration / elapsed if elapsed else 0:.2f}x real time")
+    table = Table(title="extractors", title_justify="left")
+    for col in ("component", "frames", "frames/s", "p50 ms", "p95 ms", "max ms"):
+        table.add_column(col, justify="right" if col != "component" else "left")
+    for comp, values in sorted(stats.processed.items()):
+        span = (stats.last_wall[comp] - stats.first_wall[comp]) / 1e9
+        fps = (len(values) - 1) / span if span > 0 else float("nan")
+        table.add_row(comp, str(len(values)), f"{fps:.1f}", f"{_percentile(values, 50):.1f}",
+                      f"{_percentile(values, 95):.1f}", f"{max(values):.1f}")
+    out_console.print(table)
+    drops = ", ".join(f"{k} {v}" for k, v in sorted(stats.drops.items())) or "none"
+    out_console.print(f"drops: {drops}; late observations: {stats.late}; "
+                      f"errors: {len(stats.errors)}")
+    if stats.triggers:
+        t = Table(title="triggers", title_justify="left")
+        for col in ("rule", "event s", "window s", "score", "clip"):
+            t.add_column(col)
+        clips = {c.get("t_event_ns"): c for c in stats.clips}
+        for trig in stats.triggers:
+            clip = clips.get(trig.get("t_event_ns"))
+            t.add_row(trig["rule"], f"{trig['t_event_ns'] / 1e9:.2f}",
+                      f"{trig['t_start_ns'] / 1e9:.2f}-{trig['t_end_ns'] / 1e9:.2f}",
+                      f"{trig['score']:.2f}", Path(clip["path"]).name if clip else "-")
+        out_console.print(t)
+    else:
+        out_console.print("triggers: none")
+    out_console.print(f"wrote {out / 'triggers.jsonl'}, {len(stats.clips)} clip(s) in "
+                      f"{out / 'clips'}, {collector.count} trace records in {out / 'trace.jsonl'}")
+    for err in stats.errors[:5]:
+        out_console.print(f"[red]error[/] {err.get('component')}: {err.get('error')}")

@@ -1,0 +1,152 @@
+"""Process plumbing shared by every role: stop signals, parent-death, and the supervisor.
+
+Each role (daemon, extractor, fusion, clip) is a separate OS process with a ``main()``. The
+supervisor of ``momentbus run`` starts them, restarts crashed extractors within a budget, and
+stops everything with terminate -> timed join -> kill (Frigate's watchdog, minus silence).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+#: Children get this long after SIGTERM before SIGKILL.
+TERMINATE_GRACE_S = 5.0
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; role loops poll :meth:`is_set` (no exception in the middle of a
+    ZeroMQ call, so every process closes its sockets and ends its streams cleanly)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.signal: int | None = None
+
+    def install(self) -> "StopFlag":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum: int, _frame: object) -> None:
+        self.signal = signum
+        self._event.set()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (no orphans after a crash)."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+    parent = os.environ.get("MOMENTBUS_PARENT_PID")
+    if parent and os.getppid() != int(parent):  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    """One supervised role process."""
+
+    name: str
+    argv: list[str]
+    restartable: bool = False
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    exit_code: int | None = None
+    stderr_path: str | None = None
+    history: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    """Start, watch, restart (within ``restart_budget``) and stop role processes.
+
+    Args:
+        restart_budget: restarts allowed per restartable child over the whole run.
+        on_event: ``on_event(kind, child, **info)`` for ``start``/``exit``/``restart``.
+    """
+
+    def __init__(self, restart_budget: int = 3, log_dir: str | None = None,
+                 on_event: Callable[..., None] | None = None) -> None:
+        self.children: list[Child] = []
+        self.restart_budget = restart_budget
+        self.log_dir = log_dir
+        self._on_event = on_event or (lambda *a, **k: None)
+
+    def start(self, child: Child) -> Child:
+        env = dict(os.environ, MOMENTBUS_PARENT_PID=str(os.getpid()), PYTHONUNBUFFERED="1")
+        stderr = None
+        if self.log_dir:
+            child.stderr_path = os.path.join(self.log_dir, f"{child.name}.log")
+            stderr = open(child.stderr_path, "ab")
+        child.proc = subprocess.Popen(child.argv, env=env, stdin=subprocess.DEVNULL,
+                                      stdout=stderr or subprocess.DEVNULL, stderr=stderr,
+                                      start_new_session=True)
+        if stderr is not None:
+            stderr.close()
+        if child not in self.children:
+            self.children.append(child)
+        self._on_event("start", child, pid=child.proc.pid)
+        return child
+
+    def poll(self) -> list[Child]:
+        """Reap exited children, restart crashed restartable ones; returns newly failed ones
+        (crashed with the budget spent, or not restartable)."""
+        failed = []
+        for child in self.children:
+            if child.proc is None or child.exit_code is not None:
+                continue
+            code = child.proc.poll()
+            if code is None:
+                continue
+            child.history.append(code)
+            self._on_event("exit", child, code=code)
+            if code != 0 and child.restartable and child.restarts < self.restart_budget:
+                child.restarts += 1
+                self._on_event("restart", child, attempt=child.restarts)
+                self.start(child)
+                continue
+            child.exit_code = code
+            if code != 0:
+                failed.append(child)
+        return failed
+
+    def running(self) -> list[Child]:
+        return [c for c in self.children if c.proc is not None and c.exit_code is None
+                and c.proc.poll() is None]
+
+    def all_exited(self) -> bool:
+        self.poll()
+        return all(c.exit_code is not None for c in self.children)
+
+    def stop(self, grace_s: float = TERMINATE_GRACE_S) -> None:
+        """terminate -> timed join -> kill, for every child still running."""
+        live = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
+        for c in live:
+            c.proc.terminate()
+        deadline = time.monotonic() + grace_s
+        for c in live:
+            try:
+                c.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                c.proc.kill()
+                c.proc.wait(5)
+        for c in self.children:
+            if c.proc is not None and c.exit_code is None:
+                c.exit_code = c.proc.returncode

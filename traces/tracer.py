@@ -1,0 +1,174 @@
+"""Per-process trace emitter and the collector that writes one JSONL file.
+
+Every process builds one :class:`Tracer` bound to its ``component`` and ``source_id``. Records go
+to the run's collector over a ZeroMQ PUSH socket (non-blocking: a full queue counts a lost record
+instead of stalling the pipeline) and/or to the process's own JSONL file (remote hosts).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+import zmq
+
+from ..ipc import sockets
+from ..ipc.errors import DecodeError
+from ..ipc.schema import TraceRecord
+from .records import RECORD_LEVELS, Level
+
+#: Trace sockets keep up to 2 s at close to deliver the last records (end-of-run summaries).
+TRACE_LINGER_MS = 2000
+#: Records queued per process before new ones are counted as lost: ~40 s of three 25 fps streams.
+TRACE_HWM = 10_000
+
+
+def wall_ns() -> int:
+    return time.time_ns()
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"), default=str)
+
+
+class Tracer:
+    """Emit trace records for one component.
+
+    Args:
+        component: e.g. ``"daemon"``, ``"extractor:face#1"``, ``"fusion"``.
+        source_id: the source the records are about.
+        collector: ZeroMQ address of the run's collector (PUSH), or ``None``.
+        path: a JSONL file of this process's own records, or ``None``.
+        level: records below this level are not written.
+    """
+
+    def __init__(self, component: str, source_id: str = "", *, collector: str | None = None,
+                 path: str | Path | None = None, level: Level = Level.normal) -> None:
+        self.component = component
+        self.source_id = source_id
+        self.level = level
+        self.lost = 0
+        self._bad_kinds: dict[str, int] = {}
+        self._sock: zmq.Socket | None = None
+        self._file: IO[str] | None = None
+        if collector and level > Level.off:
+            self._sock = sockets.connect(zmq.PUSH, collector, hwm=TRACE_HWM,
+                                         linger_ms=TRACE_LINGER_MS)
+        if path and level > Level.off:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8", buffering=1)
+        self.log = structlog.get_logger().bind(component=component, source_id=source_id)
+
+    def enabled(self, record: str) -> bool:
+        return self.level >= RECORD_LEVELS.get(record, Level.normal)
+
+    def emit(self, record: str, **fields: Any) -> None:
+        """Write one record of type ``record`` if the level allows it."""
+        if not self.enabled(record):
+            return
+        body: dict[str, Any] = {"record": record, "wall_ns": wall_ns(),
+                                "component": self.component, "source_id": self.source_id}
+        body.update(fields)
+        if self._file is not None:
+            self._file.write(_json_line(body) + "\n")
+        if self._sock is not None:
+            if not sockets.try_send(self._sock, TraceRecord(record=record, fields=body)):
+                self.lost += 1
+
+    def error(self, where: str, err: BaseException | str, **fields: Any) -> None:
+        """An ``error`` record plus a log line."""
+        text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+        self.log.error("error", where=where, error=text)
+        self.emit("error", where=where, error=text, **fields)
+
+    def bad_message(self, err: DecodeError, peer: str = "") -> None:
+        """Count a malformed message; trace the first of each error type (then only count)."""
+        name = type(err).__name__
+        n = self._bad_kinds.get(name, 0) + 1
+        self._bad_kinds[name] = n
+        if n == 1:
+            self.log.warning("bad_message", error=str(err), peer=peer)
+            self.emit("bad_message", error_type=name, error=str(err), peer=peer)
+
+    @property
+    def bad_message_counts(self) -> dict[str, int]:
+        return dict(self._bad_kinds)
+
+    def close(self) -> None:
+        if self._bad_kinds:
+            self.emit("bad_message", counts=self.bad_message_counts)
+        if self._sock is not None:
+            self._sock.close(TRACE_LINGER_MS)
+            self._sock = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class TraceCollector:
+    """Receives every process's records (PULL, bound) and writes them to one JSONL file.
+
+    Runs in a thread of the ``momentbus run`` parent. ``on_record`` sees each record (progress
+    and summary). :meth:`stop` drains what is queued, waiting at most ``drain_s`` for stragglers.
+    """
+
+    def __init__(self, address: str, path: str | Path,
+                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.address = address
+        self.path = Path(path)
+        self.on_record = on_record
+        self.count = 0
+        self.bad = 0
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="trace-collector", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("trace collector did not start")
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        try:
+            sock = sockets.bind(zmq.PULL, self.address, hwm=100_000)
+        except BaseException as e:  # surfaced by start()
+            self._error = e
+            self._ready.set()
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        idle_polls = 0
+        with open(self.path, "w", encoding="utf-8") as out:
+            self._ready.set()
+            while True:
+                if sock.poll(50):
+                    idle_polls = 0
+                    try:
+                        _, msg = sockets.recv(sock)
+                    except DecodeError:
+                        self.bad += 1
+                        continue
+                    if not isinstance(msg, TraceRecord):
+                        self.bad += 1
+                        continue
+                    out.write(_json_line(msg.fields) + "\n")
+                    self.count += 1
+                    if self.on_record is not None:
+                        self.on_record(msg.fields)
+                elif self._stop.is_set():
+                    idle_polls += 1
+                    if idle_polls >= 4:  # 200 ms with nothing after stop: drained
+                        break
+        sock.close(0)
+        sockets.remove_ipc_file(self.address)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
