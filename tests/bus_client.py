@@ -1,0 +1,45 @@
+"""A frame-bus member run as a real process by test_framebus.py.
+
+Usage: python bus_client.py ADDRESS GROUP POLICY FPS CREDITS MODE
+MODE ``fast``: take every item at once. MODE ``slow``: after each frame, wait for a ``go`` line
+on stdin before returning the credit (the test decides when, no sleeping).
+Prints one JSON line per event on stdout: ready, frame (seq, gaps), eof.
+"""
+
+import json
+import os
+import sys
+
+from momentbus.ipc.framebus import FrameBusClient
+from momentbus.ipc.schema import Eof, Hello
+
+
+def main() -> None:
+    address, group, policy, fps, credits, mode = sys.argv[1:7]
+    component = f"test:{group}#{os.getpid()}"
+    hello = Hello(component=component, group=group, pid=os.getpid(), policy=policy,
+                  fps=float(fps) if fps != "none" else None)
+    client = FrameBusClient(address, hello, credits=int(credits), server_timeout_s=30)
+    client.join(30)
+    print(json.dumps({"event": "ready", "component": component}), flush=True)
+    while True:
+        item = client.recv(1000)
+        if item is None:
+            continue
+        if isinstance(item, Eof):
+            print(json.dumps({"event": "eof", "reason": item.reason, "gaps": item.gaps}), flush=True)
+            break
+        img = item.image()
+        ok = bool(img[0, 0, 0] == item.seq % 256)
+        print(json.dumps({"event": "frame", "seq": item.seq, "gaps": item.gaps, "pixels_ok": ok}),
+              flush=True)
+        if mode == "slow":
+            if sys.stdin.readline().strip() != "go":
+                break
+        client.done()
+    client.leave()
+    client.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The credit-based frame bus across real processes: `every` and `latest` semantics."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from momentbus.ipc.framebus import FrameBusServer
+from momentbus.ipc.schema import Frame, Welcome
+
+CLIENT = str(Path(__file__).with_name("bus_client.py"))
+TB = Fraction(1, 30)  # 30 fps synthetic source
+W, H = 64, 48
+TIMEOUT_S = 30
+
+
+def frame(seq: int) -> Frame:
+    img = np.full((H, W, 3), seq % 256, np.uint8)
+    return Frame(source_id="synthetic", seq=seq, pts=seq, time_base=TB,
+                 t_ns=int(Fraction(seq) * TB * 1_000_000_000), capture_wall_ns=0,
+                 width=W, height=H, data=img)
+
+
+class Member:
+    """A bus_client.py process and a thread turning its stdout lines into a queue."""
+
+    def __init__(self, address: str, group: str, policy: str = "every", fps: str = "none",
+                 credits: int = 2, mode: str = "fast") -> None:
+        self.proc = subprocess.Popen([sys.executable, CLIENT, address, group, policy, fps,
+                                      str(credits), mode], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.events: queue.Queue[dict] = queue.Queue()
+        self.frames: list[dict] = []
+        self.eof: dict | None = None
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.events.put(json.loads(line))
+
+    def pump(self) -> list[dict]:
+        got = []
+        while True:
+            try:
+                ev = self.events.get_nowait()
+            except queue.Empty:
+                return got
+            if ev["event"] == "frame":
+                self.frames.append(ev)
+            elif ev["event"] == "eof":
+                self.eof = ev
+            got.append(ev)
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> int:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            return self.proc.wait(TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+
+def serve_until(server: FrameBusServer, members: list[Member], predicate, timeout_s=TIMEOUT_S):
+    """Poll the server and pump member events until ``predicate()``; fail on timeout."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail("frame bus test timed out")
+        server.poll(10)
+        for m in members:
+            m.pump()
+
+
+@pytest.fixture
+def server(addr):
+    welcome = Welcome(source_id="synthetic", width=W, height=H, time_base=TB, duration_ns=None,
+                      live=False)
+    records: list[tuple[str, dict]] = []
+    srv = FrameBusServer(addr("frames"), welcome, queue_size=4,
+                         trace=lambda record, **kw: records.append((record, kw)))
+    srv.records = records  # type: ignore[attr-defined]
+    yield srv
+    srv.close()
+
+
+def test_every_delivers_every_sampled_frame_once_in_order_to_each_group(server, addr):
+    n = 60
+    all_frames = Member(addr("frames"), "all")
+    sampled = Member(addr("frames"), "sampled", fps="10")  # every 3rd frame of 30 fps
+    pair = [Member(addr("frames"), "shared"), Member(addr("frames"), "shared")]
+    members = [all_frames, sampled, *pair]
+    try:
+        missing = server.wait_for_groups(["all", "sampled", "shared"], TIMEOUT_S)
+        assert not missing
+        serve_until(server, members, lambda: len(server.members) == 4)
+        for seq in range(n):
+            serve_until(server, members, server.can_accept)  # backpressure: never overrun
+            server.publish(frame(seq))
+        server.finish("video", n - 1, frame(n - 1).t_ns)
+        serve_until(server, members, lambda: all(m.eof is not None for m in members))
+    finally:
+        codes = [m.stop() for m in members]
+    assert codes == [0, 0, 0, 0]
+    assert [f["seq"] for f in all_frames.frames] == list(range(n))
+    assert all(f["pixels_ok"] for f in all_frames.frames)
+    assert [f["seq"] for f in sampled.frames] == list(range(0, n, 3))
+    # frames skipped by sampling are announced as gaps, not drops
+    reasons = {g[2] for f in sampled.frames for g in f["gaps"]}
+    assert reasons == {"sampled"}
+    # one group, two members: load-balanced, each frame exactly once, each member in order
+    shared = sorted(f["seq"] for m in pair for f in m.frames)
+    assert shared == list(range(n))
+    for m in pair:
+        seqs = [f["seq"] for f in m.frames]
+        assert seqs == sorted(seqs) and seqs, "each member sees its share in order"
+    assert not [r for r in server.records if r[0] == "frame_drop"]
+
+
+def test_every_backpressure_bounds_the_queue(server, addr):
+    """With a member that does not return credit, the source must stop at queue_size."""
+    slow = Member(addr("frames"), "slow", credits=1, mode="slow")
+    try:
+        assert not server.wait_for_groups(["slow"], TIMEOUT_S)
+        server.publish(frame(0))
+        serve_until(server, [slow], lambda: len(slow.frames) == 1)  # its one credit is used
+        published = 1
+        while server.can_accept() and published < 100:
+            server.publish(frame(published))
+            published += 1
+        # 1 in flight (the member's single credit) + queue_size queued, then the source waits
+        assert published == 1 + server.queue_size
+        server.poll(50)
+        assert not server.can_accept()
+    finally:
+        slow.proc.kill()
+        slow.stop()
+
+
+def test_latest_hands_a_slow_reader_the_newest_frame_and_reports_skipped_seqs(server, addr):
+    slow = Member(addr("frames"), "live", policy="latest", credits=1, mode="slow")
+    try:
+        assert not server.wait_for_groups(["live"], TIMEOUT_S)
+        server.publish(frame(0))
+        serve_until(server, [slow], lambda: len(slow.frames) == 1)  # busy with frame 0
+        for seq in range(1, 10):  # the source runs on while the reader is busy
+            assert server.can_accept(), "latest never holds the source back"
+            server.publish(frame(seq))
+        slow.go()  # reader finishes frame 0 and returns its credit
+        serve_until(server, [slow], lambda: len(slow.frames) == 2)
+        slow.go()
+        server.finish("video", 9, frame(9).t_ns)
+        serve_until(server, [slow], lambda: slow.eof is not None)
+    finally:
+        slow.stop()
+    assert [f["seq"] for f in slow.frames] == [0, 9]
+    assert slow.frames[1]["gaps"] == [[1, 8, "latest"]]
+    dropped = sorted(s for rec, kw in server.records if rec == "frame_drop"
+                     for s in kw["seqs"])
+    assert dropped == list(range(1, 9))
+    assert all(kw["reason"] == "latest" for rec, kw in server.records if rec == "frame_drop")
+
+
+def test_dead_member_is_dropped_and_stops_holding_the_source(addr):
+    now = [0.0]
+    welcome = Welcome(source_id="synthetic", width=W, height=H, time_base=TB, duration_ns=None,
+                      live=False)
+    records: list = []
+    server = FrameBusServer(addr("frames"), welcome, queue_size=2, member_timeout_s=5.0,
+                            now=lambda: now[0], trace=lambda r, **kw: records.append((r, kw)))
+    m = Member(addr("frames"), "face", credits=1, mode="slow")
+    try:
+        assert not server.wait_for_groups(["face"], TIMEOUT_S)
+        server.publish(frame(0))
+        serve_until(server, [m], lambda: len(m.frames) == 1)
+        server.publish(frame(1))
+        server.publish(frame(2))
+        assert not server.can_accept()
+        m.proc.kill()
+        m.proc.wait(TIMEOUT_S)
+        now[0] += 6.0  # virtual time passes beyond the liveness timeout
+        server.poll(0)
+        assert server.can_accept(), "a group without members no longer applies backpressure"
+        leave = [kw for r, kw in records if r == "member" and kw["event"] == "leave"]
+        assert leave and leave[0]["reason"] == "timeout"
+        lost = [kw for r, kw in records if r == "frame_drop" and kw["reason"] == "member_lost"]
+        assert lost and lost[0]["seqs"] == [0]
+    finally:
+        m.stop()
+        server.close()
