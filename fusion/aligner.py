@@ -27,6 +27,7 @@ Semantics (DESIGN.md "Fusion"):
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,8 +169,8 @@ class Aligner:
                              "t_ns": obs.t_ns, "watermark_ns": max(member.watermark, consumed),
                              "behind_ms": round((max(member.watermark, consumed) - obs.t_ns) / 1e6, 3)})
         else:
-            waiting = [g for g in self.expected if self.group_watermark(g) < obs.t_ns
-                       and g != obs.group]
+            peers = {g for r in self.rules if obs.group in r.inputs for g in r.inputs}
+            waiting = sorted(g for g in peers - {obs.group} if self.group_watermark(g) < obs.t_ns)
             pend = _Pending((obs.t_ns, obs.group, obs.component, obs.seq), obs, now_ns, waiting)
             bisect.insort(self.pending.setdefault(obs.group, []), pend)
         self._advance(member, obs.watermark_ns)
@@ -276,9 +277,13 @@ class Aligner:
                             "waiting_for": pend.waiting_for})
                 for trig in rule.on_obs(pend.obs):
                     if missing:
-                        trig = Trig(**{**_trig_fields(trig), "missing": missing})
+                        trig = dataclasses.replace(trig, missing=missing)
                     out.trigs.append(trig)
                     self.trig_count += 1
+            if complete >= POS_INF:
+                # every input ended or went absent: consumed only what was actually there, so a
+                # member that comes back is not late for the rest of the run
+                complete = max([start] + [p.key[0] for p in batch])
             self.released[rule.name] = complete
         self._collect_garbage()
         return out
@@ -291,6 +296,3 @@ class Aligner:
             if cut:
                 del items[:cut]
 
-
-def _trig_fields(trig: Trig) -> dict[str, Any]:
-    return {f: getattr(trig, f) for f in trig.__dataclass_fields__}

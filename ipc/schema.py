@@ -435,7 +435,7 @@ def decode(parts: list[Any]) -> Message:
     if not isinstance(header, dict):
         raise DecodeError("header is not a map")
     version = header.get("v")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise SchemaVersionError(f"schema version {version!r} not supported "
                                  f"(this build speaks {SCHEMA_VERSION})")
     if cls is Obs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from fractions import Fraction
 from typing import Any
@@ -386,7 +387,7 @@ def _wrong_values(tp: Any) -> list[Any]:
     """Values that are not of the declared type ``tp``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin in (typing.Union, __import__("types").UnionType):
+    if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         assert len(inner) == 1
         return [v for v in _wrong_values(inner[0]) if v is not None]
@@ -593,7 +594,8 @@ def test_generated_watermarks_roundtrip_exactly(source_id: str, group: str, comp
 @given(source_id=names, component=names, last_seq=INT62, t_end_ns=INT62, reason=names,
        gaps=st.lists(st.tuples(INT62, INT62, names).map(list), max_size=4))
 def test_generated_eofs_roundtrip_exactly(source_id: str, component: str, last_seq: int,
-                                          t_end_ns: int, reason: str, gaps: list[list[Any]]) -> None:
+                                          t_end_ns: int, reason: str,
+                                          gaps: list[list[Any]]) -> None:
     eof = Eof(source_id=source_id, component=component, last_seq=last_seq, t_end_ns=t_end_ns,
               reason=reason, gaps=gaps)
     assert roundtrip(eof) == eof
