@@ -136,7 +136,7 @@ def run_pipeline(opts: RunOptions) -> int:
             sup.start(Child(f"extractor-{kind}", py + [
                 "extractor", kind, "--daemon", addr["frames"], "--fusion", addr["obs"],
                 "--fps", str(opts.fps)] + common, restartable=True))
-        sup.start(Child("daemon", py + ["daemon", opts.source, "--bind", addr["frames"],
+        daemon = sup.start(Child("daemon", py + ["daemon", opts.source, "--bind", addr["frames"],
                                         "--fusion", addr["obs"], "--expect", groups] + common))
         total = info.frames or None
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
@@ -145,6 +145,9 @@ def run_pipeline(opts: RunOptions) -> int:
                       console=console, disable=opts.quiet, transient=False) as progress:
             task = progress.add_task(f"{info.source_id}", total=total, status="")
             while True:
+                if daemon.proc is not None and daemon.proc.poll() is not None:
+                    for child in sup.children:  # the source is done: nothing left to resume
+                        child.restartable = False
                 failed = sup.poll()
                 with stats.lock:
                     status = (f"triggers {len(stats.triggers)}  clips {len(stats.clips)}"

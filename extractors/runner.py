@@ -88,7 +88,7 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
     code = 0
     try:
         try:
-            welcome = client.join(cfg.join_timeout_s)
+            welcome = client.join(cfg.join_timeout_s, stop.is_set)
         except PeerTimeoutError as e:
             tracer.error("join", e)
             return 4

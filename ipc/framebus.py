@@ -42,6 +42,9 @@ DEFAULT_QUEUE_SIZE = 8
 #: A member that sent nothing for this long is dropped from its group. Longer than one frame of
 #: the slowest model here (~0.3 s for 1080p face detection) with a wide margin.
 DEFAULT_MEMBER_TIMEOUT_S = 5.0
+#: An ``every`` group whose last member died keeps its frames and holds the source back this long,
+#: so a restarted extractor (process start + model load: 2-3 s measured here) resumes losslessly.
+DEFAULT_REJOIN_GRACE_S = 15.0
 #: Heartbeat period both ways.
 HEARTBEAT_INTERVAL_S = 0.5
 
@@ -62,7 +65,7 @@ class _Member:
     credit: int = 0
     last_seen: float = 0.0
     last_sent: float = 0.0
-    in_flight: deque[int] = field(default_factory=deque)
+    in_flight: deque[Item] = field(default_factory=deque)
     eof_sent: bool = False
 
 
@@ -79,6 +82,7 @@ class _Group:
     rr: int = 0
     delivered: int = 0
     dropped: int = 0
+    orphaned_at: float | None = None  # when the last member died (None: has members, or never)
 
     def add_gap(self, seq: int, reason: str) -> None:
         if self.gaps and self.gaps[-1][2] == reason and self.gaps[-1][1] == seq - 1:
@@ -126,11 +130,13 @@ class FrameBusServer:
                  on_bad_message: Callable[[DecodeError], None] | None = None,
                  queue_size: int = DEFAULT_QUEUE_SIZE,
                  member_timeout_s: float = DEFAULT_MEMBER_TIMEOUT_S,
+                 rejoin_grace_s: float = DEFAULT_REJOIN_GRACE_S,
                  now: Callable[[], float] = time.monotonic) -> None:
         self.address = address
         self.welcome = welcome
         self.queue_size = queue_size
         self.member_timeout_s = member_timeout_s
+        self.rejoin_grace_s = rejoin_grace_s
         self._trace = trace or (lambda record, **kw: None)
         self._on_bad = on_bad_message or (lambda e: None)
         self._now = now
@@ -193,6 +199,7 @@ class FrameBusServer:
         member = _Member(identity, hello.component, hello.group, hello.encoding,
                          last_seen=now, last_sent=now)
         group.members.append(member)
+        group.orphaned_at = None
         self.members[identity] = member
         sockets.send(self.sock, self.welcome, identity=identity)
         self._trace("member", event="join", member=hello.component, group=hello.group,
@@ -206,11 +213,24 @@ class FrameBusServer:
         group.members.remove(member)
         self._trace("member", event="leave", member=member.component, group=member.group,
                     reason=reason)
-        if member.in_flight and reason != "bye":
-            seqs = list(member.in_flight)
-            group.dropped += len(seqs)
-            self._trace("frame_drop", group=member.group, member=member.component, seqs=seqs,
-                        reason="member_lost")
+        if reason == "bye":
+            return
+        if not group.members:
+            group.orphaned_at = self._now()
+        if not member.in_flight:
+            return
+        lost = list(member.in_flight)
+        member.in_flight.clear()
+        if group.policy == "every":
+            # lossless: hand the dead member's unfinished items to the group again (a result it
+            # did send arrives twice at fusion, which rejects the copy as late)
+            group.queue.extendleft(reversed(lost))
+            self._trace("frame_drop", group=member.group, member=member.component,
+                        seqs=[i.seq for i in lost], reason="member_lost_requeued", lost=False)
+        else:
+            group.dropped += len(lost)
+            self._trace("frame_drop", group=member.group, member=member.component,
+                        seqs=[i.seq for i in lost], reason="member_lost")
 
     def _check_liveness(self) -> None:
         now = self._now()
@@ -236,7 +256,12 @@ class FrameBusServer:
     def can_accept(self) -> bool:
         """False while some ``every`` group with members has a full queue (backpressure)."""
         return all(len(g.queue) < self.queue_size for g in self.groups.values()
-                   if g.policy == "every" and g.members)
+                   if g.policy == "every" and (g.members or self._in_grace(g)))
+
+    def _in_grace(self, group: _Group) -> bool:
+        """An orphaned group still waiting for a restarted member (frames kept, source held)."""
+        return group.orphaned_at is not None and \
+            self._now() - group.orphaned_at < self.rejoin_grace_s
 
     def wants(self, stream: str) -> bool:
         """Whether any group subscribes to ``stream`` (the source may skip decoding it)."""
@@ -251,7 +276,15 @@ class FrameBusServer:
             if not group.sampled(item.t_ns):
                 group.add_gap(item.seq, "sampled")
                 continue
+            if not group.members and group.policy == "every" and self._in_grace(group):
+                group.queue.append(item)
+                continue
             if not group.members:
+                for old in group.queue:  # grace over: what was kept for a restart is lost
+                    group.add_gap(old.seq, "no_member")
+                    group.dropped += 1
+                    self._trace("frame_drop", group=group.name, seqs=[old.seq], reason="no_member")
+                group.queue.clear()
                 group.add_gap(item.seq, "no_member")
                 group.dropped += 1
                 self._trace("frame_drop", group=group.name, seqs=[item.seq], reason="no_member")
@@ -304,7 +337,7 @@ class FrameBusServer:
             else:
                 item = replace(item, gaps=gaps)
         member.credit -= 1
-        member.in_flight.append(item.seq)
+        member.in_flight.append(item)
         self._send(member, item)
 
     def _send(self, member: _Member, msg: Message) -> None:
@@ -330,7 +363,8 @@ class FrameBusServer:
 
     def drained(self) -> bool:
         """Every member got its Eof and returned every credit (finished its last item)."""
-        return all(m.eof_sent and not m.in_flight for m in self.members.values())
+        return (all(m.eof_sent and not m.in_flight for m in self.members.values())
+                and not any(g.queue and self._in_grace(g) for g in self.groups.values()))
 
     def close(self) -> None:
         self.sock.close(0)
@@ -375,19 +409,22 @@ class FrameBusClient:
         self._last_heard = now()
         self._last_sent = now()
 
-    def join(self, timeout_s: float = 30.0) -> Welcome:
+    def join(self, timeout_s: float = 30.0,
+             should_stop: Callable[[], bool] = lambda: False) -> Welcome:
         """Send Hello, wait for Welcome, grant the initial credit.
 
         Raises:
-            PeerTimeoutError: no Welcome within ``timeout_s``.
+            PeerTimeoutError: no Welcome within ``timeout_s`` (or ``should_stop()`` said so).
         """
         sockets.send(self.sock, self.hello)
         deadline = self._now() + timeout_s
         while self.welcome is None:
             remaining = deadline - self._now()
-            if remaining <= 0 or not self.sock.poll(int(remaining * 1000)):
+            if remaining <= 0 or should_stop():
                 raise PeerTimeoutError(f"no answer from the daemon at {self.address} "
                                        f"within {timeout_s:.0f} s")
+            if not self.sock.poll(int(min(remaining, 0.1) * 1000)):
+                continue
             try:
                 _, msg = sockets.recv(self.sock)
             except DecodeError:

@@ -177,13 +177,17 @@ def test_latest_hands_a_slow_reader_the_newest_frame_and_reports_skipped_seqs(se
     assert all(kw["reason"] == "latest" for rec, kw in server.records if rec == "frame_drop")
 
 
-def test_dead_member_is_dropped_and_stops_holding_the_source(addr):
-    now = [0.0]
+def _virtual_server(addr, now, records, grace_s):
     welcome = Welcome(source_id="synthetic", width=W, height=H, time_base=TB, duration_ns=None,
                       live=False)
-    records: list = []
-    server = FrameBusServer(addr("frames"), welcome, queue_size=2, member_timeout_s=5.0,
-                            now=lambda: now[0], trace=lambda r, **kw: records.append((r, kw)))
+    return FrameBusServer(addr("frames"), welcome, queue_size=2, member_timeout_s=5.0,
+                          rejoin_grace_s=grace_s, now=lambda: now[0],
+                          trace=lambda r, **kw: records.append((r, kw)))
+
+
+def test_dead_member_is_dropped_and_stops_holding_the_source(addr):
+    now, records = [0.0], []
+    server = _virtual_server(addr, now, records, grace_s=10.0)
     m = Member(addr("frames"), "face", credits=1, mode="slow")
     try:
         assert not server.wait_for_groups(["face"], TIMEOUT_S)
@@ -196,11 +200,45 @@ def test_dead_member_is_dropped_and_stops_holding_the_source(addr):
         m.proc.wait(TIMEOUT_S)
         now[0] += 6.0  # virtual time passes beyond the liveness timeout
         server.poll(0)
-        assert server.can_accept(), "a group without members no longer applies backpressure"
         leave = [kw for r, kw in records if r == "member" and kw["event"] == "leave"]
-        assert leave and leave[0]["reason"] == "timeout"
-        lost = [kw for r, kw in records if r == "frame_drop" and kw["reason"] == "member_lost"]
-        assert lost and lost[0]["seqs"] == [0]
+        assert leave and leave[0]["reason"] in ("timeout", "unreachable")
+        assert not server.can_accept(), "within the rejoin grace the frames are kept"
+        now[0] += 10.0  # grace over: nobody came back
+        assert server.can_accept(), "a group without members no longer applies backpressure"
+        server.publish(frame(3))
+        dropped = sorted(s for r, kw in records if r == "frame_drop"
+                         and kw["reason"] == "no_member" for s in kw["seqs"])
+        assert dropped == [0, 1, 2, 3], "kept frames and new ones are all accounted as drops"
     finally:
         m.stop()
         server.close()
+
+
+def test_restarted_member_resumes_losslessly_within_the_grace(addr):
+    now, records = [0.0], []
+    server = _virtual_server(addr, now, records, grace_s=10.0)
+    first = Member(addr("frames"), "face", credits=1, mode="slow")
+    second = None
+    try:
+        assert not server.wait_for_groups(["face"], TIMEOUT_S)
+        server.publish(frame(0))
+        serve_until(server, [first], lambda: len(first.frames) == 1)
+        server.publish(frame(1))
+        first.proc.kill()  # dies while working on frame 0
+        first.proc.wait(TIMEOUT_S)
+        now[0] += 6.0
+        server.poll(0)
+        assert not server.groups["face"].members
+        second = Member(addr("frames"), "face")  # the supervisor's restart
+        serve_until(server, [second], lambda: len(second.frames) == 2)
+        for seq in range(2, 6):
+            serve_until(server, [second], server.can_accept)
+            server.publish(frame(seq))
+        server.finish("video", 5, frame(5).t_ns)
+        serve_until(server, [second], lambda: second.eof is not None)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        server.close()
+    assert [f["seq"] for f in second.frames] == [0, 1, 2, 3, 4, 5], "frame 0 is handed out again"

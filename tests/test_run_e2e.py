@@ -126,3 +126,52 @@ def test_ctrl_c_stops_everything_cleanly(sample, tmp_path):
     assert "Traceback" not in err
     assert not processes_mentioning(str(out))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("momentbus-")]
+
+
+def _wait_for_trace(proc, trace: Path, predicate, timeout_s: float = 120) -> list[dict]:
+    """Block until a record in ``trace`` satisfies ``predicate`` (polling the child, no sleep)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if trace.exists():
+            records = [json.loads(line) for line in trace.read_text().splitlines()
+                       if line.endswith("}")]
+            hits = [r for r in records if predicate(r)]
+            if hits:
+                return hits
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the expected trace record never came"
+        try:
+            proc.wait(0.05)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def test_killed_extractor_is_restarted_and_the_run_still_ends(sample, tmp_path):
+    video = sample("WolfgangLanger_Pexels.mp4")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(momentbus_cmd("run", str(video), "--out", str(out), "--quiet"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmp_path)}, start_new_session=True)
+    trace = out / "trace.jsonl"
+    joins = _wait_for_trace(proc, trace, lambda r: r["record"] == "member"
+                            and r["component"] == "daemon" and r.get("event") == "join"
+                            and r.get("group") == "face")
+    _wait_for_trace(proc, trace, lambda r: r["record"] == "timing"
+                    and r["component"] == "extractor:face#1" and r.get("seq", 0) >= 40)
+    os.kill(joins[0]["pid"], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "restart 1/3" in stderr
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    face_joins = [r for r in records if r["record"] == "member" and r["component"] == "daemon"
+                  and r.get("event") == "join" and r.get("group") == "face"]
+    assert len(face_joins) == 2, "the restarted extractor joined again"
+    # the dead member is noticed by the daemon and its in-flight frames are accounted as drops
+    assert any(r["record"] == "member" and r.get("event") == "leave"
+               and r.get("reason") == "timeout" for r in records)
+    # the run still reached the end of the file and the smile
+    trigs = triggers(out)
+    assert any(t["t_start_ns"] <= SMILE_S * 1e9 <= t["t_end_ns"] for t in trigs), trigs
+    assert not processes_mentioning(str(out))

@@ -145,7 +145,8 @@ class TraceCollector:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         idle_polls = 0
-        with open(self.path, "w", encoding="utf-8") as out:
+        # line-buffered: `tail -f trace.jsonl` and jq work while the run goes on
+        with open(self.path, "w", encoding="utf-8", buffering=1) as out:
             self._ready.set()
             while True:
                 if sock.poll(50):
