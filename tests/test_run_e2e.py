@@ -101,33 +101,6 @@ def test_no_orphans_and_no_leftover_ipc_files(runs):
         assert not leftovers, "the ipc socket folder is removed"
 
 
-def test_ctrl_c_stops_everything_cleanly(sample, tmp_path):
-    video = sample("WolfgangLanger_Pexels.mp4")
-    out = tmp_path / "out"
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
-    proc = subprocess.Popen(momentbus_cmd("run", str(video), "--out", str(out), "--quiet"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    # wait until processing really started: the trace shows a processed frame (no sleeping)
-    trace = out / "trace.jsonl"
-    import time
-
-    deadline = time.monotonic() + 120
-    while not (trace.exists() and '"process_ms"' in trace.read_text()):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no frame processed within 120 s"
-        try:
-            proc.wait(0.05)
-        except subprocess.TimeoutExpired:
-            pass
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err
-    assert not processes_mentioning(str(out))
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith("momentbus-")]
-
-
 def _wait_for_trace(proc, trace: Path, predicate, timeout_s: float = 120) -> list[dict]:
     """Block until a record in ``trace`` satisfies ``predicate`` (polling the child, no sleep)."""
     import time
@@ -146,6 +119,23 @@ def _wait_for_trace(proc, trace: Path, predicate, timeout_s: float = 120) -> lis
             proc.wait(0.05)
         except subprocess.TimeoutExpired:
             pass
+
+
+def test_ctrl_c_stops_everything_cleanly(sample, tmp_path):
+    video = sample("WolfgangLanger_Pexels.mp4")
+    out = tmp_path / "out"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(momentbus_cmd("run", str(video), "--out", str(out), "--quiet"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    # wait until processing really started: the trace shows a processed frame (no sleeping)
+    _wait_for_trace(proc, trace, lambda r: r["record"] == "timing" and "process_ms" in r)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert not processes_mentioning(str(out))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("momentbus-")]
 
 
 def test_killed_extractor_is_restarted_and_the_run_still_ends(sample, tmp_path):
