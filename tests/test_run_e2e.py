@@ -129,7 +129,7 @@ def test_ctrl_c_stops_everything_cleanly(sample, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     # wait until processing really started: the trace shows a processed frame (no sleeping)
-    _wait_for_trace(proc, trace, lambda r: r["record"] == "timing" and "process_ms" in r)
+    _wait_for_trace(proc, out / "trace.jsonl", lambda r: r["record"] == "timing" and "process_ms" in r)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
