@@ -8,9 +8,7 @@ every role). Ctrl-C stops everything (terminate -> timed join -> kill) and exits
 
 from __future__ import annotations
 
-import json
 import shutil
-import signal
 import sys
 import tempfile
 import threading

@@ -50,7 +50,7 @@ class Extractor(ABC):
         """At end of stream: remaining ``(seq, t_ns, payload)`` results. Default: none."""
         return []
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release models and native resources."""
 
 

@@ -19,7 +19,7 @@ import zmq
 
 from ..ipc import sockets
 from ..ipc.errors import DecodeError
-from ..ipc.schema import Eof, Heartbeat, Hello, Obs, Trig, Watermark, to_json_dict
+from ..ipc.schema import Eof, Heartbeat, Hello, Obs, Watermark, to_json_dict
 from ..supervisor import StopFlag
 from ..traces.tracer import Tracer
 from .aligner import DEFAULT_IDLE_TIMEOUT_NS, DEFAULT_JOIN_TIMEOUT_NS, Aligner, Output
