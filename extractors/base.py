@@ -28,6 +28,10 @@ class UnknownExtractorError(ExtractorError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+#: One observation's worth of result: ``(seq, t_ns, payload)``.
+Result = tuple[int, int, dict[str, Any]]
+
+
 class Extractor(ABC):
     """Turns one frame (or audio chunk) into the payload of one observation.
 
@@ -46,7 +50,7 @@ class Extractor(ABC):
         An empty result (``{"faces": []}``) means *looked, found nothing* and is always emitted.
         """
 
-    def flush(self) -> list[tuple[int, int, dict[str, Any]]]:
+    def flush(self) -> list[Result]:
         """At end of stream: remaining ``(seq, t_ns, payload)`` results. Default: none."""
         return []
 
@@ -54,14 +58,45 @@ class Extractor(ABC):
         """Release models and native resources."""
 
 
+class StreamingExtractor(Extractor):
+    """An extractor whose results lag its input (speech segments end after a pause).
+
+    :meth:`process` returns zero or more finished results; :attr:`watermark_ns` is the time up
+    to which every result has been returned (nothing will ever come at or before it).
+    """
+
+    watermark_ns: int = -1
+
+    @abstractmethod
+    def process(self, item: Frame | AudioChunk) -> list[Result]:  # type: ignore[override]
+        """Finished results so far (possibly none)."""
+
+
 ExtractorFactory = Callable[..., Extractor]
 
 #: kind -> backend -> factory(**options). Explicit registration, no import-time discovery.
 _REGISTRY: dict[str, dict[str, tuple[str, str]]] = {
     "quality": {"opencv": ("momentbus.extractors.quality", "QualityExtractor")},
-    "face": {"insightface": ("momentbus.extractors.face", "InsightFaceExtractor")},
+    "face": {"insightface": ("momentbus.extractors.face", "InsightFaceExtractor"),
+             "mediapipe": ("momentbus.extractors.face_mediapipe", "MediaPipeFaceExtractor")},
+    "pose": {"mediapipe": ("momentbus.extractors.pose", "MediaPipePoseExtractor"),
+             "ultralytics": ("momentbus.extractors.pose_yolo", "YoloPoseExtractor")},
+    "gesture": {"mediapipe": ("momentbus.extractors.gesture", "MediaPipeGestureExtractor")},
+    "speech": {"faster-whisper": ("momentbus.extractors.speech", "FasterWhisperExtractor"),
+               "whispercpp": ("momentbus.extractors.speech", "WhisperCppExtractor")},
 }
-DEFAULT_BACKENDS: dict[str, str] = {"quality": "opencv", "face": "insightface"}
+DEFAULT_BACKENDS: dict[str, str] = {"quality": "opencv", "face": "insightface",
+                                    "pose": "mediapipe", "gesture": "mediapipe",
+                                    "speech": "faster-whisper"}
+
+
+def backends(kind: str) -> list[str]:
+    return sorted(_REGISTRY.get(kind, {}))
+
+
+def stream_of(kind: str) -> str:
+    """The input stream a kind reads: ``"audio"`` for speech, else ``"video"``."""
+    return "audio" if kind == "speech" else "video"
 
 
 def kinds() -> list[str]:

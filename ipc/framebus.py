@@ -33,6 +33,7 @@ import zmq
 
 from . import sockets
 from .errors import DecodeError, PeerTimeoutError
+from .sampling import FpsSampler
 from .schema import AudioChunk, Credit, Eof, Frame, Heartbeat, Hello, Message, Welcome
 
 #: Items an ``every`` group may have queued before the source pauses (backpressure). Eight frames
@@ -78,11 +79,13 @@ class _Group:
     members: list[_Member] = field(default_factory=list)
     queue: deque[Item] = field(default_factory=deque)
     gaps: list[list[Any]] = field(default_factory=list)
-    next_due_ns: int | None = None
     rr: int = 0
     delivered: int = 0
     dropped: int = 0
     orphaned_at: float | None = None  # when the last member died (None: has members, or never)
+
+    def __post_init__(self) -> None:
+        self.sampler = FpsSampler(self.fps)
 
     def add_gap(self, seq: int, reason: str) -> None:
         if self.gaps and self.gaps[-1][2] == reason and self.gaps[-1][1] == seq - 1:
@@ -95,23 +98,8 @@ class _Group:
         return gaps
 
     def sampled(self, t_ns: int) -> bool:
-        """Whether the item at ``t_ns`` is due under the group's fps.
-
-        Slots lie on a grid of ``1/fps`` started by the first frame, so the rate stays exact on
-        average whatever the source's frame rate or VFR jitter; a frame up to a quarter period
-        early takes its slot (23.976 fps sampled at 10 fps gives 10 fps, not 8).
-        """
-        if self.fps is None or self.stream != "video":
-            return True
-        period = round(1e9 / self.fps)
-        tolerance = period // 4
-        if self.next_due_ns is None:
-            self.next_due_ns = t_ns
-        if t_ns + tolerance < self.next_due_ns:
-            return False
-        slots = (t_ns + tolerance - self.next_due_ns) // period + 1
-        self.next_due_ns += slots * period
-        return True
+        """Whether the item at ``t_ns`` is due under the group's fps (audio: always)."""
+        return self.stream != "video" or self.sampler(t_ns)
 
 
 class FrameBusServer:

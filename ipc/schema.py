@@ -250,6 +250,40 @@ class QualityObs(Obs):
 
 
 @dataclass(frozen=True, slots=True)
+class PoseObs(Obs):
+    """People in one frame. Each person is a map with ``box`` ([x0, y0, x1, y1] normalised),
+    ``score`` ([0, 1]), ``keypoints`` (17 x [x, y, visibility] in COCO order: nose, eyes, ears,
+    shoulders, elbows, wrists, hips, knees, ankles, left before right) and
+    ``left_hand_raised``/``right_hand_raised`` (the person's own left/right)."""
+
+    OBS_KIND: ClassVar[str] = "pose"
+    persons: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class GestureObs(Obs):
+    """Hands in one frame. Each hand is a map with ``handedness`` (``"left"``/``"right"``, the
+    person's own hand), ``landmarks`` (21 x [x, y, z], MediaPipe hand topology, x/y normalised),
+    ``gesture`` (open_palm, v_sign, thumbs_up, ok, pointing, fist, none) and ``score``."""
+
+    OBS_KIND: ClassVar[str] = "gesture"
+    hands: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechObs(Obs):
+    """One speech segment ``[t_ns, t_end_ns]`` on the source clock: ``text``, ``words`` (maps
+    with ``word``, ``t_ns``, ``t_end_ns``, ``probability``), ``language`` and ``final``."""
+
+    OBS_KIND: ClassVar[str] = "speech"
+    t_end_ns: int = 0
+    text: str = ""
+    words: list[dict[str, Any]] = field(default_factory=list)
+    language: str = ""
+    final: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Trig(Message):
     """A fired trigger. Window ``[t_start_ns, t_end_ns]`` includes pre- and post-roll;
     ``t_event_ns`` is the onset of the condition. ``evidence`` items are maps with at least
@@ -300,7 +334,8 @@ MESSAGE_TYPES: dict[bytes, type[Message]] = {
     for cls in (Hello, Welcome, Credit, Heartbeat, Frame, AudioChunk, Watermark, Trig, Eof,
                 TraceRecord)
 }
-OBS_TYPES: dict[str, type[Obs]] = {cls.OBS_KIND: cls for cls in (FaceObs, QualityObs)}
+OBS_TYPES: dict[str, type[Obs]] = {
+    cls.OBS_KIND: cls for cls in (FaceObs, QualityObs, PoseObs, GestureObs, SpeechObs)}
 
 
 def register_obs(cls: type[Obs]) -> type[Obs]:
@@ -496,6 +531,17 @@ def _validate_values(msg: Message) -> None:
         for face in msg.faces:
             if not isinstance(face, dict) or not isinstance(face.get("box"), list):
                 raise DecodeError("face obs: every face needs a 'box'")
+    elif isinstance(msg, PoseObs):
+        for person in msg.persons:
+            if not isinstance(person, dict) or not isinstance(person.get("keypoints"), list):
+                raise DecodeError("pose obs: every person needs 'keypoints'")
+    elif isinstance(msg, GestureObs):
+        for hand in msg.hands:
+            if not isinstance(hand, dict) or not isinstance(hand.get("landmarks"), list):
+                raise DecodeError("gesture obs: every hand needs 'landmarks'")
+    elif isinstance(msg, SpeechObs):
+        if msg.t_end_ns < msg.t_ns:
+            raise DecodeError("speech obs: t_end_ns before t_ns")
     elif isinstance(msg, Trig):
         if msg.t_start_ns > msg.t_end_ns:
             raise DecodeError("trig: t_start_ns after t_end_ns")
