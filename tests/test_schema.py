@@ -124,6 +124,20 @@ def header_messages() -> list[Message]:
                   t_ns=-5_000_000),
         face_obs(),
         quality_obs(),
+        schema.PoseObs(source_id="cam0", group="pose", component="extractor:pose#1", seq=3,
+                       t_ns=100_000_000, watermark_ns=100_000_000,
+                       persons=[{"box": [0.1, 0.1, 0.6, 0.9], "score": 0.8,
+                                 "keypoints": [[0.3, 0.2, 0.99]] * 17,
+                                 "left_hand_raised": True, "right_hand_raised": False}]),
+        schema.GestureObs(source_id="cam0", group="gesture", component="extractor:gesture#1",
+                          seq=3, t_ns=100_000_000, watermark_ns=100_000_000,
+                          hands=[{"handedness": "right", "landmarks": [[0.5, 0.5, -0.01]] * 21,
+                                  "gesture": "v_sign", "score": 0.9}]),
+        schema.SpeechObs(source_id="cam0", group="speech", component="extractor:speech#1",
+                         seq=40, t_ns=1_000_000_000, watermark_ns=999_999_999,
+                         t_end_ns=2_500_000_000, text="Hello world.",
+                         words=[{"word": "Hello", "t_ns": 1_000_000_000, "t_end_ns": 1_400_000_000,
+                                 "probability": 0.97}], language="en", final=True),
         Trig(rule="smile", rule_kind="expression_spike", source_id="cam0",
              t_event_ns=6_100_000_000, t_start_ns=4_100_000_000, t_end_ns=9_600_000_000,
              score=0.4521, evidence=[{"kind": "face", "seq": 183, "t_ns": 6_100_000_000,
@@ -445,7 +459,7 @@ def test_nested_list_items_are_type_checked() -> None:
     header["streams"] = ["video", 3]
     with pytest.raises(DecodeError, match="streams"):
         decode(with_header(hello, header))
-    trig = header_messages()[10]
+    trig = next(m for m in header_messages() if isinstance(m, Trig))
     assert isinstance(trig, Trig)
     header = header_of(trig)
     header["evidence"] = ["not a map"]
