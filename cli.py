@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("extractor", help="run one extractor process")
-    p.add_argument("kind", help="face or quality")
+    p.add_argument("kind", help="face, pose, gesture, quality or speech")
     p.add_argument("--daemon", required=True, metavar="ADDR", help="the daemon's frame bus")
     p.add_argument("--fusion", required=True, metavar="ADDR", help="fusion's address")
     p.add_argument("--backend", help="backend name (default per kind)")
@@ -103,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", required=True, metavar="ADDR", help="where fusion sends TRIGs")
     p.add_argument("--out", required=True, help="clips go to OUT/clips/")
     _common(p)
+
+    p = sub.add_parser("extract", help="one extractor in-process on a file, Obs as JSON lines",
+                       description="Run one extractor on a file and print one observation per "
+                                   "processed frame (or speech segment) as a JSON line on "
+                                   "stdout: kind, source_id, seq, t_ns and the kind's fields.")
+    p.add_argument("kind", help="face, pose, gesture, quality or speech")
+    p.add_argument("source", help="a media file (wav is fine for speech)")
+    p.add_argument("--backend", help="backend name (default per kind)")
+    p.add_argument("--fps", type=_fps, help="frames per second to process (default: all)")
+    p.add_argument("--model", help="model path, for backends that take one (whispercpp, ultralytics)")
 
     p = sub.add_parser("samples", help="fetch the real sample videos (hash-checked)")
     p.add_argument("action", choices=["fetch", "path", "list"])
@@ -213,6 +223,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         quiet=args.quiet, trace_level=args.trace_level))
 
 
+def cmd_extract(args: argparse.Namespace) -> int:
+    import json
+
+    from .extractors.offline import extract_file
+
+    options = {}
+    if args.model:
+        options["weights" if args.kind == "pose" else "model"] = args.model
+    for obs in extract_file(args.kind, args.source, args.backend, args.fps, **options):
+        print(json.dumps(obs, separators=(",", ":")), flush=True)
+    return 0
+
+
 def cmd_samples(args: argparse.Namespace) -> int:
     from .daemon import samples
 
@@ -251,7 +274,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "daemon": cmd_daemon, "extractor": cmd_extractor, "fusion": cmd_fusion,
-    "clip": cmd_clip, "samples": cmd_samples, "demo": cmd_demo, "rules": cmd_rules,
+    "clip": cmd_clip, "extract": cmd_extract, "samples": cmd_samples, "demo": cmd_demo, "rules": cmd_rules,
 }
 
 
@@ -278,3 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `momentbus extract ... | head`: the reader left, stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

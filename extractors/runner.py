@@ -23,7 +23,7 @@ from ..ipc.framebus import HEARTBEAT_INTERVAL_S, FrameBusClient
 from ..ipc.schema import OBS_TYPES, Eof, Heartbeat, Hello, Watermark
 from ..supervisor import StopFlag
 from ..traces.tracer import Tracer
-from .base import Extractor, build
+from .base import Extractor, StreamingExtractor, build
 
 #: Consecutive per-frame failures after which the runner gives up (exit code 3).
 MAX_CONSECUTIVE_ERRORS = 20
@@ -122,7 +122,8 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
                 errors += 1
                 consecutive += 1
                 tracer.error("process", e, seq=item.seq, t_ns=item.t_ns)
-                wm = max(wm, item.t_ns - extractor.max_lateness_ns)
+                wm = max(wm, extractor.watermark_ns if isinstance(extractor, StreamingExtractor)
+                         else item.t_ns - extractor.max_lateness_ns)
                 sockets.send(fusion, Watermark(source_id=source_id, group=cfg.group_name,
                                                component=cfg.component, t_ns=wm))
                 client.done()
@@ -133,9 +134,19 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
                 continue
             consecutive = 0
             process_ns = time.perf_counter_ns() - t0
-            wm = max(wm, item.t_ns - extractor.max_lateness_ns)
             latency_ns = time.time_ns() - item.capture_wall_ns
-            _send_obs(fusion, cfg, source_id, item.seq, item.t_ns, wm, payload, latency_ns)
+            if isinstance(extractor, StreamingExtractor):
+                # results first (their times are before the new watermark), then the watermark
+                new_wm = max(wm, extractor.watermark_ns)
+                for seq, t_ns, result in payload:
+                    _send_obs(fusion, cfg, source_id, seq, t_ns, wm, result, latency_ns)
+                if new_wm > wm:
+                    sockets.send(fusion, Watermark(source_id=source_id, group=cfg.group_name,
+                                                   component=cfg.component, t_ns=new_wm))
+                wm = new_wm
+            else:
+                wm = max(wm, item.t_ns - extractor.max_lateness_ns)
+                _send_obs(fusion, cfg, source_id, item.seq, item.t_ns, wm, payload, latency_ns)
             client.done()
             processed += 1
             tracer.emit("timing", seq=item.seq, t_ns=item.t_ns, stage="process",
