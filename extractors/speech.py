@@ -8,8 +8,9 @@ segment is emitted as final with its words, and the buffer is cut after them. A 
 past ``max_buffer`` without a pause is transcribed anyway (long monologues). Everything before the
 buffer is final, so the watermark is ``buffer_t_ns - 1``.
 
-Times: a segment's ``t_ns`` is ``buffer_t_ns + offset``, the offset counted in samples, so speech
-keeps the source clock exactly.
+Times: a segment's ``t_ns`` is the stream's first-sample time plus an offset counted in samples
+(62 500 ns each), so speech keeps the source clock exactly, and the same audio at another offset
+gives the same segments shifted by exactly that offset.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from ..ipc.schema import AudioChunk
 from .base import ModelLoadError, Result, StreamingExtractor
 
 RATE = 16_000
-NS_PER_SAMPLE = 1_000_000_000 / RATE
+#: First bytes of a ggml model file: GGML_FILE_MAGIC 0x67676d6c, little-endian (whisper.cpp).
+GGML_MAGIC = b"lmgg"
+NS_PER_SAMPLE = 1_000_000_000 // RATE  # 62 500 ns exactly
 
 
 @dataclass(frozen=True)
@@ -73,37 +76,46 @@ class VadSegmenter(StreamingExtractor):
         self.check_interval = int(check_interval_s * RATE)
         self.max_buffer = int(max_buffer_s * RATE)
         self.buffer = np.zeros(0, np.float32)
-        self.buffer_t_ns: int | None = None
-        self.unchecked = 0
+        self.origin_ns: int | None = None  # t_ns of the stream's first sample
+        self.buffer_start = 0  # sample index (since the first sample) of buffer[0]
+        self.next_check = self.check_interval
         self.last_seq = -1
         self.watermark_ns = -1
+
+    @property
+    def buffer_t_ns(self) -> int:
+        assert self.origin_ns is not None
+        return self.origin_ns + self.buffer_start * NS_PER_SAMPLE
 
     @abstractmethod
     def transcribe(self, audio: np.ndarray) -> list[Segment]:
         """Segments of ``audio`` (float32, 16 kHz mono), times in seconds from its start."""
 
     def process(self, item: AudioChunk) -> list[Result]:  # type: ignore[override]
-        samples = item.samples()
-        mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+        """Buffer the chunk; at each whole ``check_interval`` of the stream (counted in samples
+        from its first one, so chunk sizes never change the result) run VAD and transcribe what
+        a pause closed."""
         if item.sample_rate != RATE:
             raise ValueError(f"speech needs {RATE} Hz audio, got {item.sample_rate} Hz")
-        if self.buffer_t_ns is None:
-            self.buffer_t_ns = item.t_ns
+        samples = item.samples()
+        mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+        if self.origin_ns is None:
+            self.origin_ns = item.t_ns
         self.buffer = np.concatenate([self.buffer, mono.astype(np.float32)])
-        self.unchecked += len(mono)
         self.last_seq = item.seq
-        if self.unchecked < self.check_interval and len(self.buffer) < self.max_buffer:
-            return []
-        self.unchecked = 0
-        return self._segment(final=False)
+        results: list[Result] = []
+        while self.buffer_start + len(self.buffer) >= self.next_check:
+            results += self._segment(self.next_check - self.buffer_start, final=False)
+            self.next_check += self.check_interval
+        return results
 
     def flush(self) -> list[Result]:
-        return self._segment(final=True) if len(self.buffer) else []
+        return self._segment(len(self.buffer), final=True) if len(self.buffer) else []
 
-    def _segment(self, final: bool) -> list[Result]:
-        assert self.buffer_t_ns is not None
-        regions = self._vad(self.buffer, self._vad_options)
-        n = len(self.buffer)
+    def _segment(self, n: int, final: bool) -> list[Result]:
+        """VAD over ``buffer[:n]``; transcribe closed regions; drop what is done."""
+        view = self.buffer[:n]
+        regions = self._vad(view, self._vad_options) if n > 0 else []
         if final or n >= self.max_buffer:
             closed = regions
             cut = n
@@ -116,26 +128,20 @@ class VadSegmenter(StreamingExtractor):
             else:
                 cut = min(r["start"] for r in regions)  # speech still open: wait for its end
         results: list[Result] = []
-        if closed:
-            start = closed[0]["start"]
-            end = closed[-1]["end"]
-            origin_ns = self.buffer_t_ns + round(start * NS_PER_SAMPLE)
-            for seg in self.transcribe(self.buffer[start:end]):
+        for region in closed:  # one utterance at a time: tighter audio, better word times
+            start, end = region["start"], region["end"]
+            origin_ns = self.buffer_t_ns + start * NS_PER_SAMPLE
+            for seg in self.transcribe(view[start:end]):
                 results.append(self._result(seg, origin_ns))
-        self._drop(cut)
+        if cut > 0:
+            self.buffer = self.buffer[cut:]
+            self.buffer_start += cut
+            self.watermark_ns = self.buffer_t_ns - 1
         return results
 
-    def _drop(self, cut: int) -> None:
-        assert self.buffer_t_ns is not None
-        if cut <= 0:
-            return
-        self.buffer = self.buffer[cut:]
-        self.buffer_t_ns += round(cut * NS_PER_SAMPLE)
-        self.watermark_ns = self.buffer_t_ns - 1
-
     def _result(self, seg: Segment, origin_ns: int) -> Result:
-        def t(seconds: float) -> int:
-            return origin_ns + round(seconds * RATE) * 1_000_000_000 // RATE
+        def t(seconds: float) -> int:  # to the nearest sample, then exact ns
+            return origin_ns + round(seconds * RATE) * NS_PER_SAMPLE
 
         words = [{"word": w.word.strip(), "t_ns": t(w.start_s), "t_end_ns": t(w.end_s),
                   "probability": round(float(w.probability), 4)} for w in seg.words]
@@ -201,6 +207,10 @@ class WhisperCppExtractor(VadSegmenter):
                                  "pass model=PATH or set MOMENTBUS_WHISPERCPP_MODEL")
         if not os.path.isfile(model):
             raise ModelLoadError(f"ggml model not found: {model}")
+        with open(model, "rb") as f:
+            magic = f.read(4)
+        if magic != GGML_MAGIC:  # whisper.cpp reports a bad file on stderr but returns a context
+            raise ModelLoadError(f"whisper.cpp cannot load {model}: not a ggml model (bad magic)")
         try:
             from pywhispercpp.model import Model
         except ImportError as e:  # pragma: no cover - a declared dependency
