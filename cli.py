@@ -54,17 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--rules", help="trigger rules TOML (default: the shipped default_rules.toml)")
     p.add_argument("--extractors", default="face,quality",
-                   help="comma-separated extractor kinds (default: face,quality)")
+                   help="comma-separated kinds: face, pose, gesture, quality, speech "
+                        "(default: face,quality)")
     p.add_argument("--fps", type=_fps, default=10.0,
                    help="analysis frames per second per extractor (default: 10)")
     p.add_argument("--restart-budget", type=int, default=3,
                    help="restarts allowed per crashed extractor (default: 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--save-obs", action="store_true",
+                   help="also write every observation fusion receives to OUT/obs.jsonl")
     p.add_argument("--trace-level", default="normal",
                    choices=["off", "minimal", "normal", "verbose"])
 
     p = sub.add_parser("daemon", help="serve a source on the frame bus")
-    p.add_argument("source", help="a video file")
+    p.add_argument("source", help="a media file, or mic / mic:DEVICE for a microphone")
     p.add_argument("--bind", required=True, metavar="ADDR",
                    help="frame bus address, e.g. ipc:///tmp/mb-frames or tcp://127.0.0.1:5550")
     p.add_argument("--fusion", metavar="ADDR", help="send the end-of-stream to fusion here")
@@ -72,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=120.0,
                    help="seconds to wait for the expected groups (default: 120)")
     p.add_argument("--realtime", action="store_true", help="pace the file at its own frame rate")
+    p.add_argument("--audio-only", action="store_true",
+                   help="accept a file without video (only audio extractors will attach)")
     _common(p)
 
     p = sub.add_parser("extractor", help="run one extractor process")
@@ -96,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expect", default="", help="comma-separated groups to expect")
     p.add_argument("--idle-timeout", type=float, default=2.0,
                    help="seconds of silence before a member is absent (default: 2)")
+    p.add_argument("--save-obs", action="store_true",
+                   help="write every observation received to OUT/obs.jsonl")
     _common(p)
 
     p = sub.add_parser("clip", help="cut clips for incoming triggers")
@@ -160,11 +167,15 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from .daemon.source import probe
     from .supervisor import StopFlag
 
-    probe(args.source)
+    from .daemon.main import is_microphone
+
+    if not is_microphone(args.source):
+        probe(args.source, require_video=not args.audio_only)
     tracer = _tracer(args, "daemon")
     try:
         return run(DaemonConfig(args.source, args.bind, args.fusion, _groups(args.expect),
-                                args.wait, realtime=args.realtime), tracer, StopFlag().install())
+                                args.wait, realtime=args.realtime,
+                                require_video=not args.audio_only), tracer, StopFlag().install())
     finally:
         tracer.close()
 
@@ -196,7 +207,7 @@ def cmd_fusion(args: argparse.Namespace) -> int:
     tracer = _tracer(args, "fusion")
     try:
         return run(FusionConfig(args.bind, args.out, args.clip, _groups(args.expect),
-                                int(args.idle_timeout * 1e9)), specs, tracer,
+                                int(args.idle_timeout * 1e9), save_obs=args.save_obs), specs, tracer,
                    StopFlag().install())
     finally:
         tracer.close()
@@ -220,7 +231,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_pipeline(RunOptions(
         source=args.source, out_dir=args.out, rules=args.rules,
         extractors=_groups(args.extractors), fps=args.fps, restart_budget=args.restart_budget,
-        quiet=args.quiet, trace_level=args.trace_level))
+        quiet=args.quiet, trace_level=args.trace_level, save_obs=args.save_obs))
 
 
 def cmd_extract(args: argparse.Namespace) -> int:

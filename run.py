@@ -37,6 +37,7 @@ class RunOptions:
     restart_budget: int = 3
     quiet: bool = False
     trace_level: str = "normal"
+    save_obs: bool = False
 
 
 @dataclass
@@ -91,7 +92,11 @@ def run_pipeline(opts: RunOptions) -> int:
         SourceError: the source is missing, not media, or has no video (before anything starts).
         RulesError: the rules file is invalid.
     """
-    info = probe(opts.source)  # bad input fails here, in one line, before any process starts
+    from .extractors.base import stream_of
+
+    needs_video = any(stream_of(k) == "video" for k in opts.extractors)
+    # bad input fails here, in one line, before any process starts
+    info = probe(opts.source, require_video=needs_video)
     load_rules(opts.rules)
     console = Console(stderr=True)
     out = Path(opts.out_dir)
@@ -129,14 +134,18 @@ def run_pipeline(opts: RunOptions) -> int:
                             "--out", str(out), "--expect", groups] + common
         if opts.rules:
             fusion_argv += ["--rules", opts.rules]
-        sup.start(Child("fusion", fusion_argv))
+        if opts.save_obs:
+            fusion_argv += ["--save-obs"]
+        fusion = sup.start(Child("fusion", fusion_argv))
         for kind in opts.extractors:
+            fps = ["--fps", str(opts.fps)] if stream_of(kind) == "video" else []
             sup.start(Child(f"extractor-{kind}", py + [
-                "extractor", kind, "--daemon", addr["frames"], "--fusion", addr["obs"],
-                "--fps", str(opts.fps)] + common, restartable=True))
+                "extractor", kind, "--daemon", addr["frames"], "--fusion", addr["obs"]]
+                + fps + common, restartable=True))
         daemon = sup.start(Child("daemon", py + ["daemon", opts.source, "--bind", addr["frames"],
-                                        "--fusion", addr["obs"], "--expect", groups] + common))
-        total = info.frames or None
+                                                 "--fusion", addr["obs"], "--expect", groups]
+                                 + ([] if needs_video else ["--audio-only"]) + common))
+        total = info.frames if needs_video else None
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total} frames"),
                       TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
@@ -163,6 +172,10 @@ def run_pipeline(opts: RunOptions) -> int:
                     break
                 if not sup.running():
                     break
+                if fusion.exit_code is not None and daemon.exit_code is not None:
+                    # the source and fusion are done: a member still starting up (a late
+                    # restart) has nothing left to do
+                    sup.stop()
                 if stop.is_set():
                     code = 130
                     break
@@ -192,8 +205,9 @@ def _summary(console: Console, info: Any, stats: RunStats, out: Path, elapsed: f
              collector: Any) -> None:
     out_console = Console()
     duration = (info.duration_ns or 0) / 1e9
-    out_console.print(f"[bold]{info.source_id}[/]: {stats.frames_read} frames read "
-                      f"({duration:.1f} s of video) in {elapsed:.1f} s "
+    what = f"{stats.frames_read} frames read" if info.width else "audio"
+    out_console.print(f"[bold]{info.source_id}[/]: {what} "
+                      f"({duration:.1f} s of media) in {elapsed:.1f} s "
                       f"= {duration / elapsed if elapsed else 0:.2f}x real time")
     table = Table(title="extractors", title_justify="left")
     for col in ("component", "frames", "frames/s", "p50 ms", "p95 ms", "max ms"):

@@ -64,11 +64,12 @@ def cut_copy(source: str | os.PathLike[str], start_ns: int, end_ns: int,
     except av.error.FFmpegError as e:
         raise ClipError(f"{source}: cannot open ({e})") from None
     try:
-        video = inp.streams.video[0]
-        audio = inp.streams.audio[0] if inp.streams.audio else None
+        # the clock stream: video, or audio for an audio-only source (every packet a keyframe)
+        video = inp.streams.video[0] if inp.streams.video else inp.streams.audio[0]
+        audio = inp.streams.audio[0] if inp.streams.audio and inp.streams.video else None
         vtb = Fraction(video.time_base)
         inp.seek(ns_to_pts(start_ns, vtb), stream=video, backward=True, any_frame=False)
-        out = av.open(str(tmp), "w", format="mp4")
+        out = av.open(str(tmp), "w", format="mp4" if inp.streams.video else "matroska")
         try:
             ovideo = out.add_stream_from_template(video)
             oaudio = out.add_stream_from_template(audio) if audio is not None else None
@@ -138,7 +139,8 @@ def write_clip(source: str, trig: Trig, clips_dir: str | os.PathLike[str], index
     clips = Path(clips_dir)
     clips.mkdir(parents=True, exist_ok=True)
     name = clip_name(index, trig)
-    dest = clips / f"{name}.mp4"
+    has_video = probe_has_video(source)
+    dest = clips / f"{name}.{'mp4' if has_video else 'mka'}"
     end = trig.t_end_ns if duration_ns is None else min(trig.t_end_ns, duration_ns)
     a0, a1, nv, na = cut_copy(source, trig.t_start_ns, end, dest)
     sidecar = clips / f"{name}.json"
@@ -153,3 +155,8 @@ def write_clip(source: str, trig: Trig, clips_dir: str | os.PathLike[str], index
     tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     os.replace(tmp, sidecar)
     return ClipResult(dest, sidecar, trig.t_start_ns, trig.t_end_ns, a0, a1, nv, na)
+
+
+def probe_has_video(source: str | os.PathLike[str]) -> bool:
+    with av.open(str(source)) as c:
+        return bool(c.streams.video)

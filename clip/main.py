@@ -30,7 +30,7 @@ class ClipConfig:
 
 
 def run(cfg: ClipConfig, tracer: Tracer, stop: StopFlag) -> int:
-    info = probe(cfg.source)
+    info = probe(cfg.source, require_video=False)
     tracer.source_id = info.source_id
     pull = sockets.bind(zmq.PULL, cfg.bind)
     clips_dir = Path(cfg.out_dir) / "clips"

@@ -32,10 +32,18 @@ class DaemonConfig:
     member_timeout_s: float = DEFAULT_MEMBER_TIMEOUT_S
     realtime: bool = False
     source_id: str | None = None
+    require_video: bool = True
+
+
+def is_microphone(source: str) -> bool:
+    """``mic`` or ``mic:DEVICE`` (a PortAudio device index or name) names a microphone."""
+    return source == "mic" or source.startswith("mic:")
 
 
 def run(cfg: DaemonConfig, tracer: Tracer, stop: StopFlag) -> int:
-    src = FileSource(cfg.source, cfg.source_id)
+    if is_microphone(cfg.source):
+        return _run_microphone(cfg, tracer, stop)
+    src = FileSource(cfg.source, cfg.source_id, require_video=cfg.require_video)
     info = src.info
     tracer.source_id = info.source_id
     welcome = Welcome(source_id=info.source_id, width=info.width, height=info.height,
@@ -95,4 +103,39 @@ def run(cfg: DaemonConfig, tracer: Tracer, stop: StopFlag) -> int:
         src.close()
         if fusion is not None:
             fusion.close(5000)
+    return 0
+
+
+def _run_microphone(cfg: DaemonConfig, tracer: Tracer, stop: StopFlag) -> int:
+    """Serve a live microphone until stopped (Ctrl-C / SIGTERM), then end every member."""
+    from .microphone import RATE, TIME_BASE, MicrophoneSource
+
+    device = (cfg.source[4:] or None) if cfg.source.startswith("mic:") else None
+    mic = MicrophoneSource(int(device) if device and device.isdigit() else device,
+                           source_id=cfg.source_id or "mic")
+    tracer.source_id = mic.source_id
+    welcome = Welcome(source_id=mic.source_id, width=0, height=0, time_base=TIME_BASE,
+                      duration_ns=None, live=True)
+    server = FrameBusServer(cfg.bind, welcome, trace=tracer.emit,
+                            on_bad_message=tracer.bad_message, queue_size=cfg.queue_size,
+                            member_timeout_s=cfg.member_timeout_s)
+    tracer.emit("source", path=cfg.source, sample_rate=RATE, live=True)
+    last = (-1, 0)
+    try:
+        server.wait_for_groups(cfg.expect, cfg.wait_s, stop.is_set)
+        for chunk in mic.items(stop.is_set):
+            if server.can_accept():
+                server.publish(chunk)
+            else:  # live audio cannot wait: a full `every` queue drops, and says so
+                tracer.emit("frame_drop", seqs=[chunk.seq], reason="queue_full", stream="audio")
+            server.poll(0)
+            last = (chunk.seq, chunk.t_ns)
+        server.finish("audio", last[0], last[1], "stopped")
+        while not server.drained():
+            server.poll(100)
+    finally:
+        tracer.emit("summary", role="daemon", audio_chunks=mic.seq, overflows=mic.overflows,
+                    dropped_blocks=mic.dropped_blocks)
+        server.close()
+        mic.close()
     return 0

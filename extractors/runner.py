@@ -86,6 +86,7 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
     source_id = ""
     processed = errors = consecutive = 0
     code = 0
+    clean = False  # only a clean end says "bye": after a crash the daemon keeps our frames
     try:
         try:
             welcome = client.join(cfg.join_timeout_s, stop.is_set)
@@ -113,6 +114,7 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
                 if item.reason == "source_lost":
                     tracer.error("frame_bus", "the daemon stopped answering; ending")
                     code = 5
+                clean = True
                 break
             received_wall = time.time_ns()
             t0 = time.perf_counter_ns()
@@ -153,7 +155,7 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
                         process_ms=round(process_ns / 1e6, 3),
                         wait_ms=round((received_wall - item.capture_wall_ns) / 1e6, 3),
                         latency_ms=round(latency_ns / 1e6, 3),
-                        gaps=item.gaps if isinstance(item.gaps, list) and item.gaps else None)
+                        gaps=getattr(item, "gaps", None) or None)
     except zmq.Again:
         tracer.error("fusion", "fusion did not accept observations for 10 s; ending")
         code = 6
@@ -161,7 +163,8 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
         heartbeat.stopped.set()
         tracer.emit("member", event="leave", group=cfg.group_name, processed=processed,
                     errors=errors, bad_messages=client.bad_messages)
-        client.leave()
+        if clean or stop.is_set():
+            client.leave()
         client.close()
         fusion.close(5000)
         extractor.close()

@@ -34,6 +34,7 @@ class FusionConfig:
     expected_groups: tuple[str, ...] = ()
     idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS
     join_timeout_ns: int = DEFAULT_JOIN_TIMEOUT_NS
+    save_obs: bool = False
 
 
 def monotonic_now() -> Callable[[], int]:
@@ -59,6 +60,7 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     triggers = open(out_dir / "triggers.jsonl", "w", encoding="utf-8", buffering=1)
+    obs_log = open(out_dir / "obs.jsonl", "w", encoding="utf-8") if cfg.save_obs else None
     source_id = ""
     fired = 0
 
@@ -88,6 +90,8 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
                     continue
                 t = now()
                 if isinstance(msg, Obs):
+                    if obs_log is not None:
+                        obs_log.write(json.dumps(to_json_dict(msg), separators=(",", ":")) + "\n")
                     if not source_id:
                         source_id = tracer.source_id = msg.source_id
                     handle(aligner.on_obs(msg, t))
@@ -117,6 +121,8 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
                                    t_end_ns=0, reason="stopped" if stop.is_set() else "end_of_stream"))
     finally:
         triggers.close()
+        if obs_log is not None:
+            obs_log.close()
         pull.close(0)
         sockets.remove_ipc_file(cfg.bind)
         if clip is not None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
+
+import av
 
 
 def momentbus_cmd(*args: str) -> list[str]:
@@ -31,3 +34,26 @@ def processes_mentioning(text: str) -> list[str]:
         if text in cmd:
             found.append(f"{pid}: {cmd}")
     return found
+
+
+def mux_call_into_video(video: str, wav: str, dest: str, offset: Fraction) -> None:
+    """The sample video's frames (remuxed) with the call's samples (lossless PCM) starting at
+    ``offset`` seconds."""
+    with av.open(video) as vin, av.open(wav) as ain, av.open(dest, "w", format="matroska") as out:
+        vs = out.add_stream_from_template(vin.streams.video[0])
+        rate = ain.streams.audio[0].rate
+        as_ = out.add_stream("pcm_s16le", rate=rate, layout="mono")
+        as_.time_base = Fraction(1, rate)
+        for packet in vin.demux(vin.streams.video[0]):
+            if packet.dts is None:
+                continue
+            packet.stream = vs
+            out.mux(packet)
+        start = int(offset * rate)
+        for frame in ain.decode(audio=0):
+            frame.pts = start + frame.pts
+            frame.time_base = Fraction(1, rate)
+            for packet in as_.encode(frame):
+                out.mux(packet)
+        for packet in as_.encode(None):
+            out.mux(packet)

@@ -165,3 +165,32 @@ def test_killed_extractor_is_restarted_and_the_run_still_ends(sample, tmp_path):
     trigs = triggers(out)
     assert any(t["t_start_ns"] <= SMILE_S * 1e9 <= t["t_end_ns"] for t in trigs), trigs
     assert not processes_mentioning(str(out))
+
+
+def test_speech_and_face_share_one_time_axis(sample, tmp_path):
+    """A real call muxed into the sample video 2.5 s in: speech and face Obs on one clock."""
+    from fractions import Fraction
+
+    from helpers import mux_call_into_video
+
+    video = tmp_path / "talking.mkv"
+    mux_call_into_video(str(sample("WolfgangLanger_Pexels.mp4")), str(sample("sample.wav")),
+                        str(video), Fraction(5, 2))
+    out = tmp_path / "out"
+    proc = run_momentbus("run", str(video), "--out", str(out), "--extractors", "face,speech",
+                         "--fps", "5", "--save-obs", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    obs = [json.loads(line) for line in (out / "obs.jsonl").read_text().splitlines()]
+    face = [o for o in obs if o["kind"] == "face"]
+    speech = [o for o in obs if o["kind"] == "speech"]
+    assert face and speech and {o["source_id"] for o in obs} == {"talking"}
+    # face times are the video's own frame times: n * 1001/24000 s, as Matroska's 1 ms
+    # time_base stores them
+    period = 1001 / 24000 * 1e9
+    assert all(abs(o["t_ns"] - round(o["t_ns"] / period) * period) <= 1e6 for o in face)
+    assert face[0]["t_ns"] < 1e9 and face[-1]["t_ns"] > 19e9
+    # the call's first "Hello?" is at 6.68 s of the call (STM): 9.18 s on the video's clock
+    first = speech[0]["words"][0]
+    assert first["word"].lower().startswith("hello")
+    assert abs(first["t_ns"] / 1e9 - (6.68 + 2.5)) < 0.6
+    assert speech[-1]["t_end_ns"] <= 32.6e9

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-import av
 import numpy as np
 import pytest
 
 from momentbus.extractors.base import ModelLoadError, build
 from momentbus.extractors.offline import extract_file
+
+from helpers import mux_call_into_video
 
 pytestmark = pytest.mark.slow
 
@@ -86,29 +87,6 @@ def test_segments_are_final_ordered_and_well_formed(call):
         for w in s["words"]:
             assert s["t_ns"] - 1 <= w["t_ns"] <= w["t_end_ns"] <= s["t_end_ns"] + 1
             assert 0 <= w["probability"] <= 1
-
-
-def mux_call_into_video(video: str, wav: str, dest: str, offset: Fraction) -> None:
-    """The sample video's frames (remuxed) with the call's samples (lossless PCM) starting at
-    ``offset`` seconds."""
-    with av.open(video) as vin, av.open(wav) as ain, av.open(dest, "w", format="matroska") as out:
-        vs = out.add_stream_from_template(vin.streams.video[0])
-        rate = ain.streams.audio[0].rate
-        as_ = out.add_stream("pcm_s16le", rate=rate, layout="mono")
-        as_.time_base = Fraction(1, rate)
-        for packet in vin.demux(vin.streams.video[0]):
-            if packet.dts is None:
-                continue
-            packet.stream = vs
-            out.mux(packet)
-        start = int(offset * rate)
-        for frame in ain.decode(audio=0):
-            frame.pts = start + frame.pts
-            frame.time_base = Fraction(1, rate)
-            for packet in as_.encode(frame):
-                out.mux(packet)
-        for packet in as_.encode(None):
-            out.mux(packet)
 
 
 def test_the_same_speech_muxed_at_an_offset_comes_out_shifted_by_exactly_it(call, sample, tmp_path):
