@@ -114,6 +114,7 @@ def run_pipeline(opts: RunOptions) -> int:
     collector = TraceCollector(addr["trace"], out / "trace.jsonl", on_record=stats.on_record)
     collector.start()
     sup_events: list[str] = []
+    lost: list[str] = []  # extractors that died for good: the run goes on without them
 
     def on_event(kind: str, child: Child, **info_: Any) -> None:
         if kind == "restart":
@@ -163,12 +164,13 @@ def run_pipeline(opts: RunOptions) -> int:
                 for line in sup_events:
                     console.print(f"[yellow]{line}")
                 sup_events.clear()
-                if failed:
-                    for child in failed:
-                        console.print(f"[red]{child.name} failed (exit {child.exit_code}); "
-                                      f"log: {child.stderr_path}")
-                        _print_tail(console, child.stderr_path)
-                    code = 1
+                for child in failed:
+                    console.print(f"[red]{child.name} failed (exit {child.exit_code}); "
+                                  f"log: {child.stderr_path}")
+                    _print_tail(console, child.stderr_path)
+                    lost.append(child.name)
+                if any(not c.name.startswith("extractor-") for c in failed):
+                    code = 1  # a core role died: nothing can end the run properly
                     break
                 if not sup.running():
                     break
@@ -191,6 +193,9 @@ def run_pipeline(opts: RunOptions) -> int:
         console.print("[yellow]stopped")
         return code
     _summary(console, info, stats, out, elapsed, collector)
+    for name in lost:
+        Console().print(f"[yellow]warning[/]: {name} died and was not restarted; rules that "
+                        "read it ran without it (their triggers list it as missing)")
     return code
 
 

@@ -48,7 +48,7 @@ def clip_name(index: int, trig: Trig) -> str:
 
 
 def cut_copy(source: str | os.PathLike[str], start_ns: int, end_ns: int,
-             dest: str | os.PathLike[str]) -> tuple[int, int, int, int]:
+             dest: str | os.PathLike[str], audio_only: bool = False) -> tuple[int, int, int, int]:
     """Remux ``[start_ns, end_ns]`` of ``source`` into ``dest`` (MP4) without re-encoding.
 
     Returns ``(actual_start_ns, actual_end_ns, video_packets, audio_packets)`` on the source
@@ -65,11 +65,14 @@ def cut_copy(source: str | os.PathLike[str], start_ns: int, end_ns: int,
         raise ClipError(f"{source}: cannot open ({e})") from None
     try:
         # the clock stream: video, or audio for an audio-only source (every packet a keyframe)
-        video = inp.streams.video[0] if inp.streams.video else inp.streams.audio[0]
-        audio = inp.streams.audio[0] if inp.streams.audio and inp.streams.video else None
+        with_video = bool(inp.streams.video) and not audio_only
+        if not with_video and not inp.streams.audio:
+            raise ClipError(f"{source}: no stream to cut")
+        video = inp.streams.video[0] if with_video else inp.streams.audio[0]
+        audio = inp.streams.audio[0] if inp.streams.audio and with_video else None
         vtb = Fraction(video.time_base)
         inp.seek(ns_to_pts(start_ns, vtb), stream=video, backward=True, any_frame=False)
-        out = av.open(str(tmp), "w", format="mp4" if inp.streams.video else "matroska")
+        out = av.open(str(tmp), "w", format="mp4" if with_video else "matroska")
         try:
             ovideo = out.add_stream_from_template(video)
             oaudio = out.add_stream_from_template(audio) if audio is not None else None
@@ -139,13 +142,25 @@ def write_clip(source: str, trig: Trig, clips_dir: str | os.PathLike[str], index
     clips = Path(clips_dir)
     clips.mkdir(parents=True, exist_ok=True)
     name = clip_name(index, trig)
-    has_video = probe_has_video(source)
-    dest = clips / f"{name}.{'mp4' if has_video else 'mka'}"
+    has_video, video_end_ns, has_audio = probe_streams(source)
     end = trig.t_end_ns if duration_ns is None else min(trig.t_end_ns, duration_ns)
-    a0, a1, nv, na = cut_copy(source, trig.t_start_ns, end, dest)
+    # a window entirely after the last video frame (audio runs longer) is an audio clip
+    audio_only = not has_video or (has_audio and video_end_ns is not None
+                                   and trig.t_start_ns >= video_end_ns)
+    dest = clips / f"{name}.{'mka' if audio_only else 'mp4'}"
+    try:
+        a0, a1, nv, na = cut_copy(source, trig.t_start_ns, end if audio_only else
+                                  min(end, video_end_ns or end), dest, audio_only=audio_only)
+    except ClipError:
+        if audio_only or not has_audio:
+            raise
+        # the container did not say where its video ends (Matroska): no video in the window
+        audio_only = True
+        dest = clips / f"{name}.mka"
+        a0, a1, nv, na = cut_copy(source, trig.t_start_ns, end, dest, audio_only=True)
     sidecar = clips / f"{name}.json"
     meta: dict[str, Any] = {
-        "clip": dest.name, "source": str(source), "mode": "copy",
+        "clip": dest.name, "source": str(source), "mode": "copy", "audio_only": audio_only,
         "requested": {"t_start_ns": trig.t_start_ns, "t_end_ns": trig.t_end_ns},
         "actual": {"t_start_ns": a0, "t_end_ns": a1},
         "video_packets": nv, "audio_packets": na,
@@ -157,6 +172,13 @@ def write_clip(source: str, trig: Trig, clips_dir: str | os.PathLike[str], index
     return ClipResult(dest, sidecar, trig.t_start_ns, trig.t_end_ns, a0, a1, nv, na)
 
 
-def probe_has_video(source: str | os.PathLike[str]) -> bool:
+def probe_streams(source: str | os.PathLike[str]) -> tuple[bool, int | None, bool]:
+    """(has video, end of the video stream in ns if known, has audio)."""
     with av.open(str(source)) as c:
-        return bool(c.streams.video)
+        if not c.streams.video:
+            return False, None, bool(c.streams.audio)
+        v = c.streams.video[0]
+        end = None
+        if v.duration is not None:
+            end = pts_to_ns((v.start_time or 0) + v.duration, Fraction(v.time_base))
+        return True, end, bool(c.streams.audio)

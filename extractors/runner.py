@@ -117,6 +117,14 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
                 clean = True
                 break
             received_wall = time.time_ns()
+            if getattr(item, "gaps", None) and not isinstance(extractor, StreamingExtractor):
+                # frames skipped for us (sampling, `latest` drops) will never be processed: say
+                # so now, so a rule waiting on this group need not wait for our processing
+                early = item.t_ns - 1 - extractor.max_lateness_ns
+                if early > wm:
+                    wm = early
+                    sockets.send(fusion, Watermark(source_id=source_id, group=cfg.group_name,
+                                                   component=cfg.component, t_ns=wm))
             t0 = time.perf_counter_ns()
             try:
                 payload = extractor.process(item)

@@ -39,6 +39,11 @@ POS_INF = 1 << 62
 
 #: Default idleness timeout (ns of wall time): 4 missed heartbeats of 0.5 s.
 DEFAULT_IDLE_TIMEOUT_NS = 2_000_000_000
+#: A timestamp more than this far ahead of every other live member's watermark (or of the
+#: member's own previous one) is rejected: one bad clock must not make everyone else late.
+#: `every` delivery keeps members within a few frames of each other; live sources within
+#: their latency, seconds. 60 s is far outside both.
+DEFAULT_FUTURE_GUARD_NS = 60_000_000_000
 #: An expected group that no member joined within this long is marked absent (model loading
 #: takes 1-3 s here; 60 s leaves room for a slow disk or a first import).
 DEFAULT_JOIN_TIMEOUT_NS = 60_000_000_000
@@ -52,10 +57,12 @@ class Output:
     late: list[dict[str, Any]] = field(default_factory=list)
     sync_delays: list[dict[str, Any]] = field(default_factory=list)
     members: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
 
     def extend(self, other: "Output") -> None:
         self.trigs += other.trigs
         self.late += other.late
+        self.rejected += other.rejected
         self.sync_delays += other.sync_delays
         self.members += other.members
 
@@ -68,6 +75,7 @@ class _Member:
     last_seen_ns: int = 0
     absent: bool = False
     ended: bool = False
+    latest_ns: int = NEG_INF  # the latest event time this member has shown (obs or watermark)
 
 
 @dataclass(order=True)
@@ -91,8 +99,11 @@ class Aligner:
 
     def __init__(self, rules: list[Rule], expected_groups: list[str] | None = None, *,
                  idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS,
-                 join_timeout_ns: int = DEFAULT_JOIN_TIMEOUT_NS, start_ns: int = 0) -> None:
+                 join_timeout_ns: int = DEFAULT_JOIN_TIMEOUT_NS, start_ns: int = 0,
+                 future_guard_ns: int = DEFAULT_FUTURE_GUARD_NS) -> None:
         self.rules = rules
+        self.future_guard_ns = future_guard_ns
+        self.rejected_count = 0
         self.idle_timeout_ns = idle_timeout_ns
         self.join_timeout_ns = join_timeout_ns
         self.start_ns = start_ns
@@ -158,9 +169,31 @@ class Aligner:
         member = self.members.get(component)
         return self._seen(member, now_ns) if member is not None else Output()
 
+    def _in_future(self, member: _Member, t_ns: int) -> int | None:
+        """The reference ``t_ns`` is judged against, if it is beyond the future guard."""
+        refs = [m.latest_ns for m in self.members.values() if m is not member
+                and not m.absent and not m.ended and m.latest_ns > NEG_INF]
+        if member.latest_ns > NEG_INF:
+            refs.append(member.latest_ns)
+        if refs and t_ns > max(refs) + self.future_guard_ns:
+            return max(refs)
+        return None
+
+    def _reject(self, member: _Member, what: str, t_ns: int, ref: int, seq: int | None) -> Output:
+        self.rejected_count += 1
+        out = Output()
+        out.rejected.append({"member": member.component, "group": member.group, "what": what,
+                             "seq": seq, "t_ns": t_ns, "reference_ns": ref,
+                             "ahead_s": round((t_ns - ref) / 1e9, 3)})
+        return out
+
     def on_obs(self, obs: Obs, now_ns: int) -> Output:
         member, out = self._member(obs.component, obs.group, now_ns)
         self.obs_count += 1
+        ref = self._in_future(member, max(obs.t_ns, obs.watermark_ns))
+        if ref is not None:
+            out.extend(self._reject(member, "obs", max(obs.t_ns, obs.watermark_ns), ref, obs.seq))
+            return out
         consumed = max((self.released[r.name] for r in self.rules if obs.group in r.inputs),
                        default=NEG_INF)
         if obs.t_ns <= member.watermark or obs.t_ns <= consumed or member.ended:
@@ -173,12 +206,17 @@ class Aligner:
             waiting = sorted(g for g in peers - {obs.group} if self.group_watermark(g) < obs.t_ns)
             pend = _Pending((obs.t_ns, obs.group, obs.component, obs.seq), obs, now_ns, waiting)
             bisect.insort(self.pending.setdefault(obs.group, []), pend)
+            member.latest_ns = max(member.latest_ns, obs.t_ns)
         self._advance(member, obs.watermark_ns)
         out.extend(self._release(now_ns))
         return out
 
     def on_watermark(self, component: str, group: str, t_ns: int, now_ns: int) -> Output:
         member, out = self._member(component, group, now_ns)
+        ref = self._in_future(member, t_ns)
+        if ref is not None:
+            out.extend(self._reject(member, "watermark", t_ns, ref, None))
+            return out
         self._advance(member, t_ns)
         out.extend(self._release(now_ns))
         return out
@@ -186,6 +224,8 @@ class Aligner:
     def _advance(self, member: _Member, t_ns: int) -> None:
         if t_ns > member.watermark:  # never regresses
             member.watermark = t_ns
+        if NEG_INF // 2 < t_ns > member.latest_ns:
+            member.latest_ns = t_ns
 
     def on_eof(self, component: str, group: str, now_ns: int) -> Output:
         """A member ended its stream: it holds nothing back any more."""

@@ -52,7 +52,12 @@ def monotonic_now() -> Callable[[], int]:
 def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag,
         now: Callable[[], int] | None = None) -> int:
     now = now or monotonic_now()
-    aligner = Aligner(build_rules(specs), list(cfg.expected_groups),
+    disabled: list[tuple[str, list[str]]] = []
+    rules = build_rules(specs, list(cfg.expected_groups) or None, disabled)
+    for name, missing in disabled:
+        tracer.emit("member", event="rule_disabled", rule=name, needs=missing)
+        tracer.log.warning("rule_disabled", rule=name, needs=missing)
+    aligner = Aligner(rules, list(cfg.expected_groups),
                       idle_timeout_ns=cfg.idle_timeout_ns, join_timeout_ns=cfg.join_timeout_ns,
                       start_ns=now())
     pull = sockets.bind(zmq.PULL, cfg.bind, hwm=100_000)
@@ -75,6 +80,8 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
                 sockets.send(clip, trig)
         for late in out.late:
             tracer.emit("late_obs", **late)
+        for rejected in out.rejected:
+            tracer.emit("future_obs", **rejected)
         for delay in out.sync_delays:
             tracer.emit("sync_delay", **delay)
         for member in out.members:
@@ -115,7 +122,9 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
                 break
         handle(aligner.finish(now()))
         tracer.emit("summary", role="fusion", observations=aligner.obs_count, triggers=fired,
-                    late=aligner.late_count, bad_messages=tracer.bad_message_counts)
+                    late=aligner.late_count, rejected_future=aligner.rejected_count,
+                    gated_out={r.name: r.gated_out for r in aligner.rules if r.gated_out},
+                    bad_messages=tracer.bad_message_counts)
         if clip is not None:
             sockets.send(clip, Eof(source_id=source_id, component="fusion", last_seq=-1,
                                    t_end_ns=0, reason="stopped" if stop.is_set() else "end_of_stream"))

@@ -36,6 +36,7 @@ RECORD_LEVELS: dict[str, Level] = {
     "trigger": Level.minimal,
     "clip": Level.minimal,
     "late_obs": Level.minimal,
+    "future_obs": Level.minimal,
     "bad_message": Level.minimal,
     "source": Level.minimal,
     "summary": Level.minimal,
