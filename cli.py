@@ -129,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("trace", help="read a trace: summary tables or a timeline picture",
+                       description="summary: per-component latency percentiles and frames/s, "
+                                   "drops by reason, sync delays by who was waited for, late "
+                                   "observations, triggers and clips. plot: a timeline PNG.")
+    p.add_argument("action", choices=["summary", "plot"])
+    p.add_argument("file", help="a trace JSONL (e.g. OUT/trace.jsonl), partial ones too")
+    p.add_argument("--json", action="store_true", help="summary: print JSON instead of tables")
+    p.add_argument("-o", "--output", default="timeline.png", help="plot: PNG path")
+
     p = sub.add_parser("rules", help="rules tools")
     p.add_argument("action", choices=["check"])
     p.add_argument("file")
@@ -274,6 +283,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_pipeline(RunOptions(source=str(video), out_dir=args.out, quiet=args.quiet))
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    import json
+
+    from .traces.summary import read_records, render, summarize
+
+    try:
+        records, bad = read_records(args.file)
+    except OSError as e:
+        raise UserError(f"{args.file}: cannot read ({e.strerror})") from None
+    if not records:
+        raise UserError(f"{args.file}: no trace records in it")
+    if args.action == "summary":
+        summary = summarize(records)
+        if args.json:
+            print(json.dumps({**summary, "malformed_lines": bad}, indent=1))
+        else:
+            render(summary, bad)
+        return 0
+    from .traces.plot import plot_timeline
+
+    print(plot_timeline(records, args.output, title=f"momentbus timeline: {args.file}"))
+    return 0
+
+
 def cmd_rules(args: argparse.Namespace) -> int:
     from .fusion.rules import load_rules
 
@@ -285,7 +318,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "daemon": cmd_daemon, "extractor": cmd_extractor, "fusion": cmd_fusion,
-    "clip": cmd_clip, "extract": cmd_extract, "samples": cmd_samples, "demo": cmd_demo, "rules": cmd_rules,
+    "clip": cmd_clip, "extract": cmd_extract, "samples": cmd_samples, "trace": cmd_trace, "demo": cmd_demo, "rules": cmd_rules,
 }
 
 

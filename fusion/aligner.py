@@ -84,7 +84,7 @@ class _Pending:
     obs: Obs = field(compare=False)
     arrived_ns: int = field(compare=False, default=0)
     waiting_for: list[str] = field(compare=False, default_factory=list)
-    reported: bool = field(compare=False, default=False)
+    readers: int = field(compare=False, default=0)  # rules still to receive it
 
 
 class Aligner:
@@ -204,7 +204,9 @@ class Aligner:
         else:
             peers = {g for r in self.rules if obs.group in r.inputs for g in r.inputs}
             waiting = sorted(g for g in peers - {obs.group} if self.group_watermark(g) < obs.t_ns)
-            pend = _Pending((obs.t_ns, obs.group, obs.component, obs.seq), obs, now_ns, waiting)
+            readers = sum(1 for r in self.rules if obs.group in r.inputs)
+            pend = _Pending((obs.t_ns, obs.group, obs.component, obs.seq), obs, now_ns, waiting,
+                            readers)
             bisect.insort(self.pending.setdefault(obs.group, []), pend)
             member.latest_ns = max(member.latest_ns, obs.t_ns)
         self._advance(member, obs.watermark_ns)
@@ -307,8 +309,8 @@ class Aligner:
             batch.sort()
             missing = self.missing_groups(rule)
             for pend in batch:
-                if not pend.reported:
-                    pend.reported = True
+                pend.readers -= 1
+                if pend.readers == 0:  # released to its last rule: how long it waited
                     if pend.waiting_for:
                         out.sync_delays.append({
                             "member": pend.obs.component, "group": pend.obs.group,
