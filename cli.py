@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=_fps, help="sampling rate (default: every frame)")
     p.add_argument("--policy", choices=["every", "latest"], default="every",
                    help="every: lossless, in order (files); latest: newest frame (live)")
-    p.add_argument("--encoding", choices=["raw", "jpeg"], default="raw",
-                   help="raw (same host) or jpeg (cross-host bandwidth)")
+    p.add_argument("--encoding", choices=["raw", "shm", "jpeg"], default="raw",
+                   help="shm (same host: pixels in shared memory, fastest), raw (any host, "
+                        "bytes over ZeroMQ) or jpeg (cross-host, ~20x less bandwidth)")
     _common(p)
 
     p = sub.add_parser("fusion", help="align observations and fire triggers")

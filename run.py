@@ -24,6 +24,7 @@ from rich.table import Table
 
 from .daemon.source import probe
 from .fusion.rules import load_rules
+from .ipc.shm import remove_leftovers
 from .supervisor import Child, StopFlag, Supervisor
 
 
@@ -139,7 +140,9 @@ def run_pipeline(opts: RunOptions) -> int:
             fusion_argv += ["--save-obs"]
         fusion = sup.start(Child("fusion", fusion_argv))
         for kind in opts.extractors:
-            fps = ["--fps", str(opts.fps)] if stream_of(kind) == "video" else []
+            # same host: pixels travel through shared memory behind the credit protocol
+            fps = (["--fps", str(opts.fps), "--encoding", "shm"]
+                   if stream_of(kind) == "video" else [])
             sup.start(Child(f"extractor-{kind}", py + [
                 "extractor", kind, "--daemon", addr["frames"], "--fusion", addr["obs"]]
                 + fps + common, restartable=True))
@@ -188,6 +191,9 @@ def run_pipeline(opts: RunOptions) -> int:
             sup.stop()
         collector.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+        for child in sup.children:  # a daemon killed hard cannot unlink its shared memory
+            if child.name == "daemon" and child.proc is not None:
+                remove_leftovers(child.proc.pid)
     elapsed = time.monotonic() - started
     if code == 130:
         console.print("[yellow]stopped")

@@ -34,6 +34,7 @@ import zmq
 from . import sockets
 from .errors import DecodeError, PeerTimeoutError
 from .sampling import FpsSampler
+from .shm import DEFAULT_SLOTS, SlotRing
 from .schema import AudioChunk, Credit, Eof, Frame, Heartbeat, Hello, Message, Welcome
 
 #: Items an ``every`` group may have queued before the source pauses (backpressure). Eight frames
@@ -119,6 +120,7 @@ class FrameBusServer:
                  queue_size: int = DEFAULT_QUEUE_SIZE,
                  member_timeout_s: float = DEFAULT_MEMBER_TIMEOUT_S,
                  rejoin_grace_s: float = DEFAULT_REJOIN_GRACE_S,
+                 shm_slots: int = DEFAULT_SLOTS,
                  now: Callable[[], float] = time.monotonic) -> None:
         self.address = address
         self.welcome = welcome
@@ -134,6 +136,8 @@ class FrameBusServer:
         self.groups: dict[str, _Group] = {}
         self.eof: dict[str, Eof] = {}  # per stream, once the source ended
         self._jpeg_cache: dict[int, bytes] = {}
+        self.ring: SlotRing | None = None  # shared memory, once a member asks for it
+        self.shm_slots = shm_slots
 
     # ------------------------------------------------------------------ membership
 
@@ -167,7 +171,7 @@ class FrameBusServer:
         if isinstance(msg, Credit):
             member.credit += msg.n
             for _ in range(min(msg.n, len(member.in_flight))):
-                member.in_flight.popleft()
+                self._release(member.in_flight.popleft())
         elif isinstance(msg, Heartbeat):
             pass
         elif isinstance(msg, Eof):  # the member leaves on purpose
@@ -184,7 +188,10 @@ class FrameBusServer:
         if group is None:
             group = _Group(hello.group, stream, hello.policy, hello.fps)
             self.groups[hello.group] = group
-        member = _Member(identity, hello.component, hello.group, hello.encoding,
+        encoding = hello.encoding
+        if encoding == "shm" and (stream != "video" or not self._ensure_ring()):
+            encoding = "raw"  # audio, or no shared memory here: raw works everywhere
+        member = _Member(identity, hello.component, hello.group, encoding,
                          last_seen=now, last_sent=now)
         group.members.append(member)
         group.orphaned_at = None
@@ -217,6 +224,8 @@ class FrameBusServer:
                         seqs=[i.seq for i in lost], reason="member_lost_requeued", lost=False)
         else:
             group.dropped += len(lost)
+            for item in lost:
+                self._release(item)
             self._trace("frame_drop", group=member.group, member=member.component,
                         seqs=[i.seq for i in lost], reason="member_lost")
 
@@ -243,6 +252,8 @@ class FrameBusServer:
 
     def can_accept(self) -> bool:
         """False while some ``every`` group with members has a full queue (backpressure)."""
+        if self.ring is not None and self.ring.free == 0:
+            return False  # every slot leased: wait for credits (readers finishing)
         return all(len(g.queue) < self.queue_size for g in self.groups.values()
                    if g.policy == "every" and (g.members or self._in_grace(g)))
 
@@ -258,6 +269,39 @@ class FrameBusServer:
     def publish(self, item: Item) -> None:
         """Offer one item (a frame or audio chunk) to every group of its stream."""
         stream = _stream_of(item)
+        if self.ring is not None and isinstance(item, Frame):
+            img = item.image()
+            slot = self.ring.put(img)
+            if slot is None:  # only a `latest`-only (live) source gets here: drop, say so
+                self._trace("frame_drop", group="*", seqs=[item.seq], reason="no_shm_slot")
+                return
+            item = replace(item, data=self.ring.view(slot, img.shape),
+                           shm=[self.ring.name, self.ring.offset(slot)])
+        self._publish(item, stream)
+        self._release(item)  # the publisher's own lease (slot freed if no group took it)
+        self._dispatch_all()
+
+    def _ensure_ring(self) -> bool:
+        if self.ring is None:
+            size = self.welcome.width * self.welcome.height * 3
+            if size <= 0:
+                return False
+            try:
+                self.ring = SlotRing(size, self.shm_slots)
+            except OSError as e:
+                self._trace("error", where="shm", error=f"no shared memory: {e}")
+                return False
+        return True
+
+    def _hold(self, item: Item) -> None:
+        if isinstance(item, Frame) and item.shm and self.ring is not None:
+            self.ring.hold(item.shm[1] // self.ring.slot_bytes)
+
+    def _release(self, item: Item) -> None:
+        if isinstance(item, Frame) and item.shm and self.ring is not None:
+            self.ring.release(item.shm[1] // self.ring.slot_bytes)
+
+    def _publish(self, item: Item, stream: str) -> None:
         for group in self.groups.values():
             if group.stream != stream:
                 continue
@@ -265,6 +309,7 @@ class FrameBusServer:
                 group.add_gap(item.seq, "sampled")
                 continue
             if not group.members and group.policy == "every" and self._in_grace(group):
+                self._hold(item)
                 group.queue.append(item)
                 continue
             if not group.members:
@@ -272,6 +317,7 @@ class FrameBusServer:
                     group.add_gap(old.seq, "no_member")
                     group.dropped += 1
                     self._trace("frame_drop", group=group.name, seqs=[old.seq], reason="no_member")
+                    self._release(old)
                 group.queue.clear()
                 group.add_gap(item.seq, "no_member")
                 group.dropped += 1
@@ -283,8 +329,9 @@ class FrameBusServer:
                 group.dropped += 1
                 self._trace("frame_drop", group=group.name, seqs=[old.seq], reason="latest",
                             t_ns=old.t_ns)
+                self._release(old)
+            self._hold(item)
             group.queue.append(item)
-        self._dispatch_all()
 
     def _dispatch_all(self) -> None:
         for group in self.groups.values():
@@ -315,17 +362,19 @@ class FrameBusServer:
         return None
 
     def _send_item(self, member: _Member, item: Item, gaps: list[list[Any]]) -> None:
+        member.credit -= 1
+        member.in_flight.append(item)  # the original: its lease is returned with the credit
         if isinstance(item, Frame):
             if member.encoding == "jpeg" and item.encoding == "raw":
                 jpeg = self._jpeg_cache.get(item.seq)
                 if jpeg is None:
                     jpeg = _encode_jpeg(item.image())
                     self._jpeg_cache[item.seq] = jpeg
-                item = replace(item, encoding="jpeg", data=jpeg, gaps=gaps)
-            else:
-                item = replace(item, gaps=gaps)
-        member.credit -= 1
-        member.in_flight.append(item)
+                item = replace(item, encoding="jpeg", data=jpeg, gaps=gaps, shm=[])
+            elif member.encoding == "shm" and item.shm:
+                item = replace(item, encoding="shm", data=b"", gaps=gaps)
+            else:  # raw: the pixels (from shared memory when there is a ring: still no copy)
+                item = replace(item, gaps=gaps, shm=[])
         self._send(member, item)
 
     def _send(self, member: _Member, msg: Message) -> None:
@@ -357,6 +406,13 @@ class FrameBusServer:
     def close(self) -> None:
         self.sock.close(0)
         sockets.remove_ipc_file(self.address)
+        if self.ring is not None:
+            for group in self.groups.values():
+                group.queue.clear()
+            for member in self.members.values():
+                member.in_flight.clear()
+            self.ring.close()
+            self.ring = None
 
 
 def _encode_jpeg(img: np.ndarray, quality: int = 80) -> bytes:

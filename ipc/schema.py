@@ -121,22 +121,32 @@ class Frame(Message):
     height: int
     encoding: str = "raw"
     gaps: list[list[Any]] = field(default_factory=list)
+    #: ``[block name, byte offset]`` of the pixels in the daemon's shared memory
+    #: (``encoding="shm"``; the payload part is then empty).
+    shm: list[Any] = field(default_factory=list)
     data: Any = field(default=b"", compare=False, repr=False)
 
     def payload(self) -> list[Buffer]:
+        if self.encoding == "shm":
+            return [b""]
         data = self.data
         if isinstance(data, np.ndarray):
             return [memoryview(np.ascontiguousarray(data)).cast("B")]
         return [data]
 
     def image(self) -> np.ndarray:
-        """The frame as a ``(height, width, 3)`` uint8 BGR array (decodes JPEG payloads).
+        """The frame as a ``(height, width, 3)`` uint8 BGR array (decodes JPEG payloads; for
+        ``shm`` a view of shared memory, valid until the frame's credit is returned).
 
         Raises:
             DecodeError: the payload does not hold a frame of the announced size.
         """
         if isinstance(self.data, np.ndarray):
             return self.data
+        if self.encoding == "shm":
+            from .shm import attach_view
+
+            return attach_view(self.shm[0], self.shm[1], self.height, self.width)
         if self.encoding == "jpeg":
             import cv2
 
@@ -510,7 +520,10 @@ def _validate_values(msg: Message) -> None:
         if msg.encoding == "raw" and len(msg.data) != msg.width * msg.height * 3:
             raise DecodeError(f"frame {msg.seq}: raw payload {len(msg.data)} B does not match "
                               f"{msg.width}x{msg.height}x3")
-        if msg.encoding not in ("raw", "jpeg"):
+        if msg.encoding == "shm" and not (len(msg.shm) == 2 and isinstance(msg.shm[0], str)
+                                          and type(msg.shm[1]) is int and msg.shm[1] >= 0):
+            raise DecodeError(f"frame {msg.seq}: shm needs [name, offset]")
+        if msg.encoding not in ("raw", "jpeg", "shm"):
             raise DecodeError(f"frame {msg.seq}: unknown encoding {msg.encoding!r}")
     elif isinstance(msg, AudioChunk):
         if msg.sample_rate <= 0 or msg.channels <= 0 or msg.n_samples < 0:
@@ -523,7 +536,7 @@ def _validate_values(msg: Message) -> None:
     elif isinstance(msg, Hello):
         if msg.policy not in ("every", "latest"):
             raise DecodeError(f"hello: unknown policy {msg.policy!r}")
-        if msg.encoding not in ("raw", "jpeg"):
+        if msg.encoding not in ("raw", "jpeg", "shm"):
             raise DecodeError(f"hello: unknown encoding {msg.encoding!r}")
         if msg.fps is not None and not msg.fps > 0:
             raise DecodeError(f"hello: fps must be > 0, got {msg.fps!r}")

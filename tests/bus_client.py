@@ -1,6 +1,6 @@
 """A frame-bus member run as a real process by test_framebus.py.
 
-Usage: python bus_client.py ADDRESS GROUP POLICY FPS CREDITS MODE
+Usage: python bus_client.py ADDRESS GROUP POLICY FPS CREDITS MODE [ENCODING]
 MODE ``fast``: take every item at once. MODE ``slow``: after each frame, wait for a ``go`` line
 on stdin before returning the credit (the test decides when, no sleeping).
 Prints one JSON line per event on stdout: ready, frame (seq, gaps), eof.
@@ -16,9 +16,10 @@ from momentbus.ipc.schema import Eof, Hello
 
 def main() -> None:
     address, group, policy, fps, credits, mode = sys.argv[1:7]
+    encoding = sys.argv[7] if len(sys.argv) > 7 else "raw"
     component = f"test:{group}#{os.getpid()}"
     hello = Hello(component=component, group=group, pid=os.getpid(), policy=policy,
-                  fps=float(fps) if fps != "none" else None)
+                  fps=float(fps) if fps != "none" else None, encoding=encoding)
     client = FrameBusClient(address, hello, credits=int(credits), server_timeout_s=30)
     client.join(30)
     print(json.dumps({"event": "ready", "component": component}), flush=True)
@@ -30,9 +31,9 @@ def main() -> None:
             print(json.dumps({"event": "eof", "reason": item.reason, "gaps": item.gaps}), flush=True)
             break
         img = item.image()
-        ok = bool(img[0, 0, 0] == item.seq % 256)
-        print(json.dumps({"event": "frame", "seq": item.seq, "gaps": item.gaps, "pixels_ok": ok}),
-              flush=True)
+        ok = bool(img[0, 0, 0] == item.seq % 256 and img[-1, -1, -1] == item.seq % 256)
+        print(json.dumps({"event": "frame", "seq": item.seq, "gaps": item.gaps, "pixels_ok": ok,
+                          "encoding": item.encoding}), flush=True)
         if mode == "slow":
             if sys.stdin.readline().strip() != "go":
                 break

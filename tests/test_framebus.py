@@ -33,9 +33,9 @@ class Member:
     """A bus_client.py process and a thread turning its stdout lines into a queue."""
 
     def __init__(self, address: str, group: str, policy: str = "every", fps: str = "none",
-                 credits: int = 2, mode: str = "fast") -> None:
+                 credits: int = 2, mode: str = "fast", encoding: str = "raw") -> None:
         self.proc = subprocess.Popen([sys.executable, CLIENT, address, group, policy, fps,
-                                      str(credits), mode], stdin=subprocess.PIPE,
+                                      str(credits), mode, encoding], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         self.events: queue.Queue[dict] = queue.Queue()
         self.frames: list[dict] = []
@@ -242,3 +242,53 @@ def test_restarted_member_resumes_losslessly_within_the_grace(addr):
             second.stop()
         server.close()
     assert [f["seq"] for f in second.frames] == [0, 1, 2, 3, 4, 5], "frame 0 is handed out again"
+
+
+def test_shm_members_read_pixels_in_place_and_every_lease_comes_back(server, addr):
+    n = 40
+    shm_a = Member(addr("frames"), "a", encoding="shm")
+    shm_b = Member(addr("frames"), "b", encoding="shm", fps="10")
+    raw = Member(addr("frames"), "c")  # a raw member next to shm ones: pixels from the ring
+    members = [shm_a, shm_b, raw]
+    try:
+        assert not server.wait_for_groups(["a", "b", "c"], TIMEOUT_S)
+        serve_until(server, members, lambda: len(server.members) == 3)
+        assert server.ring is not None
+        for seq in range(n):
+            serve_until(server, members, server.can_accept)
+            server.publish(frame(seq))
+        server.finish("video", n - 1, frame(n - 1).t_ns)
+        serve_until(server, members, lambda: all(m.eof is not None for m in members))
+        serve_until(server, members, server.drained)
+        ring = server.ring
+        assert ring.free == ring.n_slots and not any(ring.refs), "every slot released"
+    finally:
+        codes = [m.stop() for m in members]
+    assert codes == [0, 0, 0]
+    assert [f["seq"] for f in shm_a.frames] == list(range(n))
+    assert {f["encoding"] for f in shm_a.frames} == {"shm"}
+    assert {f["encoding"] for f in raw.frames} == {"raw"}
+    assert [f["seq"] for f in shm_b.frames] == list(range(0, n, 3))
+    assert all(f["pixels_ok"] for m in members for f in m.frames)
+
+
+def test_a_crashed_shm_readers_leases_are_reclaimed(addr):
+    now, records = [0.0], []
+    server = _virtual_server(addr, now, records, grace_s=0.0)
+    reader = Member(addr("frames"), "face", credits=2, mode="slow", encoding="shm")
+    try:
+        assert not server.wait_for_groups(["face"], TIMEOUT_S)
+        server.publish(frame(0))
+        serve_until(server, [reader], lambda: len(reader.frames) == 1)
+        server.publish(frame(1))
+        held = server.ring.n_slots - server.ring.free
+        assert held == 2, "two frames leased to the reader"
+        reader.proc.kill()
+        reader.proc.wait(TIMEOUT_S)
+        now[0] += 6.0
+        server.poll(0)
+        server.publish(frame(2))  # no member, no grace: dropped, and the ring is empty again
+        assert server.ring.free == server.ring.n_slots
+    finally:
+        reader.stop()
+        server.close()

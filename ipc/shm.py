@@ -1,0 +1,145 @@
+"""Same-host pixels through shared memory, behind the frame bus's credit protocol.
+
+The daemon owns a :class:`SlotRing`: one POSIX shared-memory block cut into fixed-size slots.
+A frame is copied into a free slot once; ZeroMQ then carries only its header with
+``shm = [block name, slot]`` to every member that asked for ``encoding="shm"``, and members read
+the pixels in place (:func:`attach_view`). A slot is *leased* while any group queue or member
+still holds its frame (the server counts references); it is reused only when the last lease is
+returned with the member's credit, so a frame is never overwritten while a reader holds it. A
+member that dies or times out gives its leases back when the server removes it.
+
+Measured here (ENVIRONMENT.md): in-place shared-memory readers reach ~2,100 frames/s at 1080p,
+against ~240 for raw pyzmq over ipc: the bus is the bottleneck for pixels, not for headers.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from multiprocessing import resource_tracker, shared_memory
+
+import numpy as np
+
+from .errors import DecodeError
+
+#: Slots per ring: enough for an `every` queue of 8 plus 2 credits for up to 4 members in
+#: flight at once; 16 x 6.2 MB = 100 MB of /dev/shm at 1080p.
+DEFAULT_SLOTS = 16
+NAME_PREFIX = "momentbus-"
+
+
+class SlotRing:
+    """Owner side: ``n_slots`` slots of ``slot_bytes`` each, with reference counts."""
+
+    def __init__(self, slot_bytes: int, n_slots: int = DEFAULT_SLOTS) -> None:
+        self.slot_bytes = slot_bytes
+        self.n_slots = n_slots
+        name = f"{NAME_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        self.shm = shared_memory.SharedMemory(name=name, create=True, size=slot_bytes * n_slots)
+        self.name = self.shm.name
+        self.refs = [0] * n_slots
+        self._free = list(range(n_slots - 1, -1, -1))
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def put(self, frame: np.ndarray) -> int | None:
+        """Copy ``frame`` into a free slot (reference count 1: the caller's); ``None`` if full.
+
+        Raises:
+            ValueError: the frame is larger than a slot.
+        """
+        if frame.nbytes > self.slot_bytes:
+            raise ValueError(f"frame of {frame.nbytes} B does not fit a {self.slot_bytes} B slot")
+        if not self._free:
+            return None
+        slot = self._free.pop()
+        self.view(slot, frame.shape)[...] = frame
+        self.refs[slot] = 1
+        return slot
+
+    def offset(self, slot: int) -> int:
+        return slot * self.slot_bytes
+
+    def view(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+        n = int(np.prod(shape))
+        buf = self.shm.buf[self.offset(slot): self.offset(slot) + n]
+        return np.frombuffer(buf, np.uint8).reshape(shape)
+
+    def hold(self, slot: int) -> None:
+        self.refs[slot] += 1
+
+    def release(self, slot: int) -> None:
+        self.refs[slot] -= 1
+        if self.refs[slot] == 0:
+            self._free.append(slot)
+        elif self.refs[slot] < 0:  # pragma: no cover - a bookkeeping bug must be loud
+            raise RuntimeError(f"slot {slot} released more often than held")
+
+    def close(self) -> None:
+        try:
+            self.shm.close()
+        except BufferError:  # a view is still referenced; the mapping goes with the process
+            pass
+        try:
+            self.shm.unlink()
+        except FileNotFoundError:
+            pass
+
+
+_attached: dict[str, shared_memory.SharedMemory] = {}
+
+
+def attach_view(name: str, offset: int, height: int, width: int) -> np.ndarray:
+    """A ``(height, width, 3)`` uint8 view at byte ``offset`` of the ring ``name`` (reader side,
+    no copy). Valid until the member returns the frame's credit.
+
+    Raises:
+        DecodeError: no such shared-memory block (another host, or the daemon is gone), or the
+            frame lies outside it.
+    """
+    if not name.startswith(NAME_PREFIX) or "/" in name:
+        raise DecodeError(f"not a momentbus shared-memory name: {name!r}")
+    shm = _attached.get(name)
+    if shm is None:
+        try:
+            shm = shared_memory.SharedMemory(name=name, create=False)
+        except FileNotFoundError:
+            raise DecodeError(f"shared memory {name} not found: is the daemon on this host? "
+                              "(use encoding raw or jpeg across hosts)") from None
+        # Python's resource tracker would unlink the owner's block when this reader exits
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+        _attached[name] = shm
+    n = height * width * 3
+    if offset < 0 or offset + n > shm.size:
+        raise DecodeError(f"frame at {offset} outside shared memory {name}")
+    return np.frombuffer(shm.buf[offset:offset + n], np.uint8).reshape(height, width, 3)
+
+
+def detach_all() -> None:
+    """Close every attached block (reader side, at exit)."""
+    for shm in _attached.values():
+        try:
+            shm.close()
+        except BufferError:  # a view is still alive somewhere: the OS unmaps at exit
+            pass
+    _attached.clear()
+
+
+def remove_leftovers(owner_pid: int) -> int:
+    """Unlink blocks a dead daemon (``owner_pid``) left in /dev/shm; returns how many."""
+    removed = 0
+    prefix = f"{NAME_PREFIX}{owner_pid}-"
+    try:
+        names = os.listdir("/dev/shm")
+    except OSError:
+        return 0
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join("/dev/shm", name))
+                removed += 1
+            except OSError:
+                pass
+    return removed
