@@ -91,6 +91,18 @@ class SlotRing:
 _attached: dict[str, shared_memory.SharedMemory] = {}
 
 
+def open_untracked(name: str) -> shared_memory.SharedMemory:
+    """Attach to an existing block without registering it with this process's resource
+    tracker: on Python < 3.13 the tracker would unlink the *owner's* block when a reader exits
+    (CPython issue 82300). Raises FileNotFoundError if there is no such block."""
+    register = resource_tracker.register
+    resource_tracker.register = lambda *a, **k: None  # type: ignore[assignment]
+    try:
+        return shared_memory.SharedMemory(name=name, create=False)
+    finally:
+        resource_tracker.register = register  # type: ignore[assignment]
+
+
 def attach_view(name: str, offset: int, height: int, width: int) -> np.ndarray:
     """A ``(height, width, 3)`` uint8 view at byte ``offset`` of the ring ``name`` (reader side,
     no copy). Valid until the member returns the frame's credit.
@@ -104,12 +116,10 @@ def attach_view(name: str, offset: int, height: int, width: int) -> np.ndarray:
     shm = _attached.get(name)
     if shm is None:
         try:
-            shm = shared_memory.SharedMemory(name=name, create=False)
+            shm = open_untracked(name)
         except FileNotFoundError:
             raise DecodeError(f"shared memory {name} not found: is the daemon on this host? "
                               "(use encoding raw or jpeg across hosts)") from None
-        # Python's resource tracker would unlink the owner's block when this reader exits
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
         _attached[name] = shm
     n = height * width * 3
     if offset < 0 or offset + n > shm.size:

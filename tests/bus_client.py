@@ -31,7 +31,9 @@ def main() -> None:
             print(json.dumps({"event": "eof", "reason": item.reason, "gaps": item.gaps}), flush=True)
             break
         img = item.image()
-        ok = bool(img[0, 0, 0] == item.seq % 256 and img[-1, -1, -1] == item.seq % 256)
+        # exact for raw and shm; JPEG (lossy) keeps a flat image within a couple of levels
+        want = item.seq % 256
+        ok = bool(abs(int(img[0, 0, 0]) - want) <= 2 and abs(int(img[-1, -1, -1]) - want) <= 2)
         print(json.dumps({"event": "frame", "seq": item.seq, "gaps": item.gaps, "pixels_ok": ok,
                           "encoding": item.encoding}), flush=True)
         if mode == "slow":

@@ -292,3 +292,29 @@ def test_a_crashed_shm_readers_leases_are_reclaimed(addr):
     finally:
         reader.stop()
         server.close()
+
+
+def test_cross_host_path_over_tcp_with_raw_and_jpeg_payloads():
+    import zmq
+
+    welcome = Welcome(source_id="synthetic", width=W, height=H, time_base=TB, duration_ns=None,
+                      live=False)
+    server = FrameBusServer("tcp://127.0.0.1:*", welcome)
+    address = server.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+    raw, jpeg = Member(address, "raw"), Member(address, "jpeg", encoding="jpeg")
+    members = [raw, jpeg]
+    try:
+        assert not server.wait_for_groups(["raw", "jpeg"], TIMEOUT_S)
+        for seq in range(20):
+            serve_until(server, members, server.can_accept)
+            server.publish(frame(seq))
+        server.finish("video", 19, frame(19).t_ns)
+        serve_until(server, members, lambda: all(m.eof is not None for m in members))
+    finally:
+        codes = [m.stop() for m in members]
+        server.close()
+    assert codes == [0, 0]
+    for m, enc in ((raw, "raw"), (jpeg, "jpeg")):
+        assert [f["seq"] for f in m.frames] == list(range(20))
+        assert {f["encoding"] for f in m.frames} == {enc}
+        assert all(f["pixels_ok"] for f in m.frames)
