@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "end with a summary once every clip is written. Writes "
                                    "OUT/triggers.jsonl, OUT/clips/*.mp4 (+ .json sidecars), "
                                    "OUT/trace.jsonl and OUT/logs/.")
-    p.add_argument("source", help="a video file")
+    p.add_argument("source", help="a media file (audio-only is fine with --extractors speech)")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--rules", help="trigger rules TOML (default: the shipped default_rules.toml)")
     p.add_argument("--extractors", default="face,quality",

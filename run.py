@@ -93,8 +93,12 @@ def run_pipeline(opts: RunOptions) -> int:
         SourceError: the source is missing, not media, or has no video (before anything starts).
         RulesError: the rules file is invalid.
     """
-    from .extractors.base import stream_of
+    from .extractors.base import UnknownExtractorError, kinds, stream_of
 
+    unknown = [k for k in opts.extractors if k not in kinds()]
+    if unknown or not opts.extractors:
+        raise UnknownExtractorError(f"unknown extractor kind(s) {', '.join(unknown) or '(none)'}"
+                                    f" (known: {', '.join(kinds())})")
     needs_video = any(stream_of(k) == "video" for k in opts.extractors)
     # bad input fails here, in one line, before any process starts
     info = probe(opts.source, require_video=needs_video)
@@ -247,5 +251,7 @@ def _summary(console: Console, info: Any, stats: RunStats, out: Path, elapsed: f
         out_console.print("triggers: none")
     out_console.print(f"wrote {out / 'triggers.jsonl'}, {len(stats.clips)} clip(s) in "
                       f"{out / 'clips'}, {collector.count} trace records in {out / 'trace.jsonl'}")
+    out_console.print(f"details: momentbus trace summary {out / 'trace.jsonl'}  "
+                      f"(or: trace plot ... -o timeline.png)", highlight=False)
     for err in stats.errors[:5]:
         out_console.print(f"[red]error[/] {err.get('component')}: {err.get('error')}")

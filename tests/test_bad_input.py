@@ -67,3 +67,9 @@ def test_bad_rules_file_names_the_line(tmp_path, sample):
 def test_unknown_extractor_kind(args):
     proc = run_momentbus(*args, timeout=60)
     _assert_one_line_error(proc, "unknown extractor kind")
+
+
+def test_unknown_extractor_kind_in_run(tmp_path, sample):
+    proc = run_momentbus("run", str(sample("single_face.mp4")), "--out", str(tmp_path / "o"),
+                         "--extractors", "face,telepathy", timeout=60)
+    _assert_one_line_error(proc, "telepathy", "known:")
