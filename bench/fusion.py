@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import time
 
 from momentbus.fusion.aligner import Aligner

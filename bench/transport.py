@@ -31,6 +31,7 @@ import statistics
 import tempfile
 import time
 from fractions import Fraction
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -78,7 +79,7 @@ def sub_momentbus(address: str, group: str, encoding: str, n: int, work_s: float
                             credits=1 if work_s else 2, server_timeout_s=30)
     client.join(30)
     conn.send("ready")
-    got, lat, ages = 0, [], []
+    got, lat = 0, []
     t_first = t_last = 0.0
     deadline = None
     while True:
@@ -428,12 +429,13 @@ def main() -> None:
     print(f"{'system':18} {'size':6} {'subs':>4} {'fps/sub':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for size_name, size in SIZES.items():
         for subs in (1, 3):
+            count = n[size_name]
             runs = {
-                "momentbus shm": lambda: run_momentbus(size, subs, n[size_name], "shm", tmp),
-                "momentbus raw": lambda: run_momentbus(size, subs, n[size_name], "raw", tmp),
-                "pyzmq pubsub": lambda: run_pubsub(size, subs, n[size_name], tmp),
-                "imagezmq pubsub": lambda: run_imagezmq(size, subs, n[size_name], tmp),
-                "shm ring": lambda: run_shm_ring(size, subs, n[size_name]),
+                "momentbus shm": partial(run_momentbus, size, subs, count, "shm", tmp),
+                "momentbus raw": partial(run_momentbus, size, subs, count, "raw", tmp),
+                "pyzmq pubsub": partial(run_pubsub, size, subs, count, tmp),
+                "imagezmq pubsub": partial(run_imagezmq, size, subs, count, tmp),
+                "shm ring": partial(run_shm_ring, size, subs, count),
             }
             for system, fn in runs.items():
                 res = fn()
@@ -471,11 +473,10 @@ def main() -> None:
            if not r.get("slow_sub")}
     for size_name in SIZES:
         for subs in (1, 3):
-            def f(system: str) -> float:
-                return fps[(system, size_name, subs)] or float("nan")
-            print(f"{size_name:6} {subs:4d} {f('momentbus shm') / f('imagezmq pubsub'):13.2f} "
-                  f"{f('momentbus shm') / f('shm ring'):14.2f} "
-                  f"{f('momentbus raw') / f('imagezmq pubsub'):13.2f}")
+            shm, raw, iz, limit = (fps[(system, size_name, subs)] or float("nan") for system in
+                                   ("momentbus shm", "momentbus raw", "imagezmq pubsub",
+                                    "shm ring"))
+            print(f"{size_name:6} {subs:4d} {shm / iz:13.2f} {shm / limit:14.2f} {raw / iz:13.2f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(records, fh, indent=1)

@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..ipc.schema import FaceObs, GestureObs, Obs, PoseObs, QualityObs, SpeechObs, Trig
+from ..ipc.schema import FaceObs, GestureObs, Obs, PoseObs, SpeechObs, Trig
 from ..ipc.timebase import parse_duration_ns
 from .rule_base import GateState, Held, Rule, RuleSpec, obs_evidence
 

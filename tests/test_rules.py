@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from momentbus.fusion.aligner import Aligner
-from momentbus.fusion.rules import (RuleSpec, RulesError, build_rules, load_rules, parse_rules,
+from momentbus.fusion.rules import (RulesError, build_rules, load_rules, parse_rules,
                                     rule_kinds)
 from momentbus.ipc.schema import FaceObs, GestureObs, PoseObs, QualityObs, SpeechObs
 
