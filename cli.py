@@ -99,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", metavar="ADDR", help="the clip extractor's address")
     p.add_argument("--out", required=True, help="folder for triggers.jsonl")
     p.add_argument("--rules", help="trigger rules TOML (default: shipped defaults)")
-    p.add_argument("--expect", default="", help="comma-separated groups to expect")
+    p.add_argument("--expect", default="",
+                   help="comma-separated extractor groups that will run; rules needing other "
+                        "groups are left out (default: every group the rules read, each "
+                        "waited for up to 60 s)")
     p.add_argument("--idle-timeout", type=float, default=2.0,
                    help="seconds of silence before a member is absent (default: 2)")
     p.add_argument("--save-obs", action="store_true",
