@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 import zmq
 
 from . import sockets
@@ -415,7 +416,7 @@ class FrameBusServer:
             self.ring = None
 
 
-def _encode_jpeg(img: np.ndarray, quality: int = 80) -> bytes:
+def _encode_jpeg(img: NDArray[np.uint8], quality: int = 80) -> bytes:
     """JPEG q80: ~20x smaller than raw at 720p for 1.9 ms encode (ENVIRONMENT.md figures)."""
     import cv2
 

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import msgpack
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import DecodeError, OversizeError, SchemaVersionError, UnknownKindError
 
@@ -131,10 +132,10 @@ class Frame(Message):
             return [b""]
         data = self.data
         if isinstance(data, np.ndarray):
-            return [memoryview(np.ascontiguousarray(data)).cast("B")]
+            return [_as_memoryview(np.ascontiguousarray(data))]
         return [data]
 
-    def image(self) -> np.ndarray:
+    def image(self) -> NDArray[np.uint8]:
         """The frame as a ``(height, width, 3)`` uint8 BGR array (decodes JPEG payloads; for
         ``shm`` a view of shared memory, valid until the frame's credit is returned).
 
@@ -153,7 +154,7 @@ class Frame(Message):
             img = cv2.imdecode(np.frombuffer(self.data, np.uint8), cv2.IMREAD_COLOR)
             if img is None or img.shape[:2] != (self.height, self.width):
                 raise DecodeError(f"frame {self.seq}: JPEG payload does not decode to the frame size")
-            return img
+            return np.asarray(img, dtype=np.uint8)
         expected = self.height * self.width * 3
         if len(self.data) != expected:
             raise DecodeError(f"frame {self.seq}: payload {len(self.data)} B, expected {expected} B")
@@ -183,10 +184,10 @@ class AudioChunk(Message):
     def payload(self) -> list[Buffer]:
         data = self.data
         if isinstance(data, np.ndarray):
-            return [memoryview(np.ascontiguousarray(data, dtype="<f4")).cast("B")]
+            return [_as_memoryview(np.ascontiguousarray(data, dtype="<f4"))]
         return [data]
 
-    def samples(self) -> np.ndarray:
+    def samples(self) -> NDArray[np.float32]:
         """``(n_samples, channels)`` float32 array.
 
         Raises:
@@ -560,6 +561,11 @@ def _validate_values(msg: Message) -> None:
             raise DecodeError("trig: t_start_ns after t_end_ns")
 
 
+def _as_memoryview(arr: NDArray[Any]) -> memoryview:
+    """A flat byte view of a C-contiguous array (no copy)."""
+    return memoryview(arr.data).cast("B")
+
+
 def _as_bytes(part: Any) -> bytes:
     if isinstance(part, bytes):
         return part
@@ -572,7 +578,8 @@ def _as_buffer(part: Any) -> Buffer:
     if isinstance(part, (bytes, bytearray, memoryview)):
         return part
     if hasattr(part, "buffer"):  # zmq.Frame: zero-copy view
-        return part.buffer
+        view: memoryview = part.buffer
+        return view
     raise DecodeError(f"message part of type {type(part).__name__}")
 
 

@@ -19,6 +19,7 @@ import secrets
 from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import DecodeError
 
@@ -44,7 +45,7 @@ class SlotRing:
     def free(self) -> int:
         return len(self._free)
 
-    def put(self, frame: np.ndarray) -> int | None:
+    def put(self, frame: NDArray[np.uint8]) -> int | None:
         """Copy ``frame`` into a free slot (reference count 1: the caller's); ``None`` if full.
 
         Raises:
@@ -62,7 +63,7 @@ class SlotRing:
     def offset(self, slot: int) -> int:
         return slot * self.slot_bytes
 
-    def view(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+    def view(self, slot: int, shape: tuple[int, ...]) -> NDArray[np.uint8]:
         n = int(np.prod(shape))
         buf = self.shm.buf[self.offset(slot): self.offset(slot) + n]
         return np.frombuffer(buf, np.uint8).reshape(shape)
@@ -96,14 +97,14 @@ def open_untracked(name: str) -> shared_memory.SharedMemory:
     tracker: on Python < 3.13 the tracker would unlink the *owner's* block when a reader exits
     (CPython issue 82300). Raises FileNotFoundError if there is no such block."""
     register = resource_tracker.register
-    resource_tracker.register = lambda *a, **k: None  # type: ignore[assignment]
+    resource_tracker.register = lambda *a, **k: None
     try:
         return shared_memory.SharedMemory(name=name, create=False)
     finally:
-        resource_tracker.register = register  # type: ignore[assignment]
+        resource_tracker.register = register
 
 
-def attach_view(name: str, offset: int, height: int, width: int) -> np.ndarray:
+def attach_view(name: str, offset: int, height: int, width: int) -> NDArray[np.uint8]:
     """A ``(height, width, 3)`` uint8 view at byte ``offset`` of the ring ``name`` (reader side,
     no copy). Valid until the member returns the frame's credit.
 

@@ -23,20 +23,21 @@ from .schema import Message, decode, encode
 DEFAULT_HWM = 1000
 
 
-def context() -> zmq.Context:
+def context() -> zmq.Context[Any]:
     """The process's shared ZeroMQ context (``zmq.Context.instance()``)."""
-    return zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    return ctx
 
 
-def make_socket(kind: int, *, hwm: int = DEFAULT_HWM, linger_ms: int = 0) -> zmq.Socket:
-    sock = context().socket(kind)
+def make_socket(kind: int, *, hwm: int = DEFAULT_HWM, linger_ms: int = 0) -> zmq.Socket[Any]:
+    sock: zmq.Socket[Any] = context().socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
     return sock
 
 
-def bind(kind: int, address: str, **kw: Any) -> zmq.Socket:
+def bind(kind: int, address: str, **kw: Any) -> zmq.Socket[Any]:
     """A socket of ``kind`` bound to ``address`` (``ipc://PATH`` or ``tcp://HOST:PORT``).
 
     Raises:
@@ -51,13 +52,13 @@ def bind(kind: int, address: str, **kw: Any) -> zmq.Socket:
     return sock
 
 
-def connect(kind: int, address: str, **kw: Any) -> zmq.Socket:
+def connect(kind: int, address: str, **kw: Any) -> zmq.Socket[Any]:
     sock = make_socket(kind, **kw)
     sock.connect(address)
     return sock
 
 
-def send(sock: zmq.Socket, msg: Message, *, identity: bytes | None = None, flags: int = 0) -> None:
+def send(sock: zmq.Socket[Any], msg: Message, *, identity: bytes | None = None, flags: int = 0) -> None:
     """Send ``msg`` as ``[identity?, kind, header, *payload]``; payloads are not copied."""
     parts: list[Any] = encode(msg)
     if identity is not None:
@@ -65,7 +66,7 @@ def send(sock: zmq.Socket, msg: Message, *, identity: bytes | None = None, flags
     sock.send_multipart(parts, flags=flags, copy=False)
 
 
-def try_send(sock: zmq.Socket, msg: Message) -> bool:
+def try_send(sock: zmq.Socket[Any], msg: Message) -> bool:
     """Non-blocking send; ``False`` when the peer's HWM is reached (the caller counts the drop)."""
     try:
         send(sock, msg, flags=zmq.NOBLOCK)
@@ -74,7 +75,7 @@ def try_send(sock: zmq.Socket, msg: Message) -> bool:
     return True
 
 
-def recv(sock: zmq.Socket, *, router: bool = False, flags: int = 0) -> tuple[bytes | None, Message]:
+def recv(sock: zmq.Socket[Any], *, router: bool = False, flags: int = 0) -> tuple[bytes | None, Message]:
     """Receive and decode one message; ``(identity, msg)`` (``identity`` only for ROUTER).
 
     Raises:
@@ -91,7 +92,7 @@ def recv(sock: zmq.Socket, *, router: bool = False, flags: int = 0) -> tuple[byt
     return identity, decode(parts)
 
 
-def close_all(socks: Iterable[zmq.Socket | None], linger_ms: int = 0) -> None:
+def close_all(socks: Iterable[zmq.Socket[Any] | None], linger_ms: int = 0) -> None:
     for s in socks:
         if s is not None and not s.closed:
             s.close(linger_ms)
