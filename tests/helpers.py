@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,6 +22,24 @@ def run_momentbus(*args: str, timeout: float = 240, env: dict | None = None,
                   **kw) -> subprocess.CompletedProcess[str]:
     return subprocess.run(momentbus_cmd(*args), capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, **kw)
+
+
+def wait_for_trace(proc: subprocess.Popen, trace: Path, predicate,
+                   timeout_s: float = 120) -> list[dict]:
+    """Block until records in ``trace`` satisfy ``predicate``; returns them. Polls the child
+    (``proc.wait`` with a short timeout), never sleeps; fails if it exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if trace.exists():
+            records = [json.loads(line) for line in trace.read_text().splitlines()
+                       if line.endswith("}")]
+            hits = [r for r in records if predicate(r)]
+            if hits:
+                return hits
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the expected trace record never came"
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(0.05)
 
 
 def processes_mentioning(text: str) -> list[str]:

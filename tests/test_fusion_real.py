@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import momentbus_cmd, mux_call_into_video, run_momentbus
+from helpers import momentbus_cmd, mux_call_into_video, run_momentbus, wait_for_trace
 
 pytestmark = pytest.mark.slow
 
@@ -85,15 +85,12 @@ def test_killed_extractor_is_absent_within_the_idle_timeout_and_others_keep_firi
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "TMPDIR": str(tmp_path)}, start_new_session=True)
     trace = out / "trace.jsonl"
-    deadline = time.monotonic() + 120
-    pid = None
-    while pid is None or not _processed(trace, "extractor:face#1", 30):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        pid = pid or _member_pid(trace, "quality")
-        try:
-            proc.wait(0.05)
-        except subprocess.TimeoutExpired:
-            pass
+    joins = wait_for_trace(proc, trace, lambda r: r["record"] == "member"
+                           and r["component"] == "daemon" and r.get("event") == "join"
+                           and r.get("group") == "quality")
+    wait_for_trace(proc, trace, lambda r: r["record"] == "timing"
+                   and r["component"] == "extractor:face#1" and r.get("seq", 0) >= 30)
+    pid = joins[0]["pid"]
     killed_at = time.time_ns()
     os.kill(pid, signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=180)
@@ -111,23 +108,3 @@ def test_killed_extractor_is_absent_within_the_idle_timeout_and_others_keep_firi
     assert not [r for r in records if r["record"] == "error" and r["component"] != "run"
                 and "quality" not in r["component"]]
 
-
-def _processed(trace: Path, component: str, seq: int) -> bool:
-    if not trace.exists():
-        return False
-    for line in trace.read_text().splitlines():
-        if f'"{component}"' in line and '"process_ms"' in line and line.endswith("}"):
-            if json.loads(line).get("seq", 0) >= seq:
-                return True
-    return False
-
-
-def _member_pid(trace: Path, group: str) -> int | None:
-    if not trace.exists():
-        return None
-    for line in trace.read_text().splitlines():
-        if '"join"' in line and line.endswith("}"):
-            r = json.loads(line)
-            if r["component"] == "daemon" and r.get("group") == group:
-                return r["pid"]
-    return None

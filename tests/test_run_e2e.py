@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from helpers import momentbus_cmd, processes_mentioning, run_momentbus
+from helpers import momentbus_cmd, processes_mentioning, run_momentbus, wait_for_trace
 
 pytestmark = pytest.mark.slow
 
@@ -102,26 +102,6 @@ def test_no_orphans_and_no_leftover_ipc_files(runs):
         assert not leftovers, "the ipc socket folder is removed"
 
 
-def _wait_for_trace(proc, trace: Path, predicate, timeout_s: float = 120) -> list[dict]:
-    """Block until a record in ``trace`` satisfies ``predicate`` (polling the child, no sleep)."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if trace.exists():
-            records = [json.loads(line) for line in trace.read_text().splitlines()
-                       if line.endswith("}")]
-            hits = [r for r in records if predicate(r)]
-            if hits:
-                return hits
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the expected trace record never came"
-        try:
-            proc.wait(0.05)
-        except subprocess.TimeoutExpired:
-            pass
-
-
 def test_ctrl_c_stops_everything_cleanly(sample, tmp_path):
     video = sample("WolfgangLanger_Pexels.mp4")
     out = tmp_path / "out"
@@ -130,7 +110,7 @@ def test_ctrl_c_stops_everything_cleanly(sample, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     # wait until processing really started: the trace shows a processed frame (no sleeping)
-    _wait_for_trace(proc, out / "trace.jsonl", lambda r: r["record"] == "timing" and "process_ms" in r)
+    wait_for_trace(proc, out / "trace.jsonl", lambda r: r["record"] == "timing" and "process_ms" in r)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
@@ -146,10 +126,10 @@ def test_killed_extractor_is_restarted_and_the_run_still_ends(sample, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "TMPDIR": str(tmp_path)}, start_new_session=True)
     trace = out / "trace.jsonl"
-    joins = _wait_for_trace(proc, trace, lambda r: r["record"] == "member"
+    joins = wait_for_trace(proc, trace, lambda r: r["record"] == "member"
                             and r["component"] == "daemon" and r.get("event") == "join"
                             and r.get("group") == "face")
-    _wait_for_trace(proc, trace, lambda r: r["record"] == "timing"
+    wait_for_trace(proc, trace, lambda r: r["record"] == "timing"
                     and r["component"] == "extractor:face#1" and r.get("seq", 0) >= 40)
     os.kill(joins[0]["pid"], signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=180)
