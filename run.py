@@ -26,6 +26,7 @@ from .daemon.source import probe
 from .fusion.rules import load_rules
 from .ipc.shm import remove_leftovers
 from .supervisor import Child, StopFlag, Supervisor
+from .traces.summary import percentile
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,6 @@ class RunStats:
                 self.errors.append(r)
             elif kind == "late_obs":
                 self.late += 1
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
 def run_pipeline(opts: RunOptions) -> int:
@@ -230,8 +224,8 @@ def _summary(console: Console, info: Any, stats: RunStats, out: Path, elapsed: f
     for comp, values in sorted(stats.processed.items()):
         span = (stats.last_wall[comp] - stats.first_wall[comp]) / 1e9
         fps = (len(values) - 1) / span if span > 0 else float("nan")
-        table.add_row(comp, str(len(values)), f"{fps:.1f}", f"{_percentile(values, 50):.1f}",
-                      f"{_percentile(values, 95):.1f}", f"{max(values):.1f}")
+        table.add_row(comp, str(len(values)), f"{fps:.1f}", f"{percentile(values, 50):.1f}",
+                      f"{percentile(values, 95):.1f}", f"{max(values):.1f}")
     out_console.print(table)
     drops = ", ".join(f"{k} {v}" for k, v in sorted(stats.drops.items())) or "none"
     out_console.print(f"drops: {drops}; late observations: {stats.late}; "

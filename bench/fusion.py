@@ -23,6 +23,8 @@ import time
 from momentbus.fusion.aligner import Aligner
 from momentbus.fusion.rules import build_rules, parse_rules
 from momentbus.ipc.schema import FaceObs, Obs, QualityObs
+from momentbus.traces.summary import percentile
+
 
 RULES = """
 [[rule]]
@@ -113,8 +115,8 @@ def run_fixed_window(observations: list[tuple[int, Obs]], window_ns: int = 100 *
 
 
 def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))] if s else float("nan")
+    p = percentile(values, q)
+    return float("nan") if p is None else p
 
 
 def main() -> None:

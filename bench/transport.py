@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from momentbus.traces.summary import percentile
+
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
 TB = Fraction(1, 30)
 
@@ -55,10 +57,8 @@ def frames_for(size: tuple[int, int], n: int = 4) -> list[np.ndarray]:
 
 
 def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
+    p = percentile(values, q)
+    return float("nan") if p is None else p
 
 
 # ---------------------------------------------------------------------------- subscribers
