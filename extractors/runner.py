@@ -95,6 +95,11 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
             return 4
         source_id = welcome.source_id
         tracer.source_id = source_id
+
+        def send_watermark(t_ns: int) -> None:
+            sockets.send(fusion, Watermark(source_id=source_id, group=cfg.group_name,
+                                           component=cfg.component, t_ns=t_ns))
+
         sockets.send(fusion, hello)
         heartbeat.start()
         tracer.emit("member", event="ready", group=cfg.group_name, policy=cfg.policy, fps=cfg.fps)
@@ -107,8 +112,7 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
                 for seq, t_ns, payload in extractor.flush():
                     _send_obs(fusion, cfg, source_id, seq, t_ns, max(wm, t_ns), payload, 0)
                 final = max(wm, item.t_end_ns)
-                sockets.send(fusion, Watermark(source_id=source_id, group=cfg.group_name,
-                                               component=cfg.component, t_ns=final))
+                send_watermark(final)
                 sockets.send(fusion, Eof(source_id=source_id, component=cfg.component,
                                          last_seq=item.last_seq, t_end_ns=final, reason=item.reason))
                 if item.reason == "source_lost":
@@ -123,8 +127,7 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
                 early = item.t_ns - 1 - extractor.max_lateness_ns
                 if early > wm:
                     wm = early
-                    sockets.send(fusion, Watermark(source_id=source_id, group=cfg.group_name,
-                                                   component=cfg.component, t_ns=wm))
+                    send_watermark(wm)
             t0 = time.perf_counter_ns()
             try:
                 payload = extractor.process(item)
@@ -134,8 +137,7 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
                 tracer.error("process", e, seq=item.seq, t_ns=item.t_ns)
                 wm = max(wm, extractor.watermark_ns if isinstance(extractor, StreamingExtractor)
                          else item.t_ns - extractor.max_lateness_ns)
-                sockets.send(fusion, Watermark(source_id=source_id, group=cfg.group_name,
-                                               component=cfg.component, t_ns=wm))
+                send_watermark(wm)
                 client.done()
                 if consecutive >= MAX_CONSECUTIVE_ERRORS:
                     tracer.error("process", f"{consecutive} consecutive failures; giving up")
@@ -151,8 +153,7 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
                 for seq, t_ns, result in payload:
                     _send_obs(fusion, cfg, source_id, seq, t_ns, wm, result, latency_ns)
                 if new_wm > wm:
-                    sockets.send(fusion, Watermark(source_id=source_id, group=cfg.group_name,
-                                                   component=cfg.component, t_ns=new_wm))
+                    send_watermark(new_wm)
                 wm = new_wm
             else:
                 wm = max(wm, item.t_ns - extractor.max_lateness_ns)

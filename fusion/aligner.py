@@ -119,6 +119,7 @@ class Aligner:
         self.obs_count = 0
         self.trig_count = 0
         self.source_ended = False
+        self._readers_cache: dict[str, tuple[frozenset[str], int]] = {}
 
     # ------------------------------------------------------------------ watermarks
 
@@ -187,6 +188,16 @@ class Aligner:
                              "ahead_s": round((t_ns - ref) / 1e9, 3)})
         return out
 
+    def _readers_of(self, group: str) -> tuple[frozenset[str], int]:
+        """(the other groups read by rules that read ``group``, how many rules read it);
+        rules are fixed after construction, so this is computed once per group."""
+        cached = self._readers_cache.get(group)
+        if cached is None:
+            reading = [r for r in self.rules if group in r.inputs]
+            cached = (frozenset(g for r in reading for g in r.inputs) - {group}, len(reading))
+            self._readers_cache[group] = cached
+        return cached
+
     def on_obs(self, obs: Obs, now_ns: int) -> Output:
         member, out = self._member(obs.component, obs.group, now_ns)
         self.obs_count += 1
@@ -202,9 +213,8 @@ class Aligner:
                              "t_ns": obs.t_ns, "watermark_ns": max(member.watermark, consumed),
                              "behind_ms": round((max(member.watermark, consumed) - obs.t_ns) / 1e6, 3)})
         else:
-            peers = {g for r in self.rules if obs.group in r.inputs for g in r.inputs}
-            waiting = sorted(g for g in peers - {obs.group} if self.group_watermark(g) < obs.t_ns)
-            readers = sum(1 for r in self.rules if obs.group in r.inputs)
+            peers, readers = self._readers_of(obs.group)
+            waiting = sorted(g for g in peers if self.group_watermark(g) < obs.t_ns)
             pend = _Pending((obs.t_ns, obs.group, obs.component, obs.seq), obs, now_ns, waiting,
                             readers)
             bisect.insort(self.pending.setdefault(obs.group, []), pend)
