@@ -102,8 +102,10 @@ def run_pipeline(opts: RunOptions) -> int:
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
-    for stale in (out / "clips").glob("*") if (out / "clips").exists() else []:
-        stale.unlink()
+    # a previous run's clips would mix with this one's: remove them, and only them
+    for stale in (out / "clips").glob("[0-9][0-9][0-9]_*") if (out / "clips").is_dir() else []:
+        if stale.is_file() and stale.suffix in (".mp4", ".mka", ".json"):
+            stale.unlink()
     tmp = Path(tempfile.mkdtemp(prefix="momentbus-"))
     addr = {name: f"ipc://{tmp}/{name}" for name in ("frames", "obs", "clip", "trace")}
     stats = RunStats()
