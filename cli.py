@@ -252,9 +252,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     from .extractors.offline import extract_file
 
-    options = {}
-    if args.model:
-        options["weights" if args.kind == "pose" else "model"] = args.model
+    options = {"model": args.model} if args.model else {}
     for obs in extract_file(args.kind, args.source, args.backend, args.fps, **options):
         print(json.dumps(obs, separators=(",", ":")), flush=True)
     return 0

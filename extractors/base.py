@@ -118,6 +118,15 @@ def build(kind: str, backend: str | None = None, **options: Any) -> Extractor:
                                     f"(known: {', '.join(sorted(_REGISTRY[kind]))})")
     import importlib
 
+    import inspect
+
     module_name, class_name = _REGISTRY[kind][backend]
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**options)
+    accepted = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ExtractorError(f"the {kind} backend {backend!r} takes no option "
+                                 f"{', '.join(unknown)}")
+    extractor: Extractor = cls(**options)
+    return extractor

@@ -29,7 +29,7 @@ def load_yolo(weights: str | None) -> Any:
                              "(pip install 'momentbus[yolo]') and a weights file") from None
     weights = weights or os.environ.get("MOMENTBUS_YOLO_POSE_WEIGHTS")
     if not weights:
-        raise ModelLoadError("no YOLO-pose weights given: pass weights=PATH or set "
+        raise ModelLoadError("no YOLO-pose weights given: pass --model PATH or set "
                              "MOMENTBUS_YOLO_POSE_WEIGHTS (no weights are downloaded)")
     if not weights.endswith((".yaml", ".yml")) and not os.path.isfile(weights):
         raise ModelLoadError(f"YOLO-pose weights not found: {weights}")
@@ -55,13 +55,14 @@ def persons_from_result(result: Any) -> list[dict[str, Any]]:
 
 
 class YoloPoseExtractor(Extractor):
-    """Many people per frame with YOLO-pose. ``weights``: a ``.pt`` file the user provides."""
+    """Many people per frame with YOLO-pose. ``model``: a ``.pt`` weights file the user provides
+    (or a model yaml: random weights, for tests)."""
 
     kind: ClassVar[str] = "pose"
 
-    def __init__(self, weights: str | None = None, device: str | None = None,
+    def __init__(self, model: str | None = None, device: str | None = None,
                  min_confidence: float = 0.25) -> None:
-        self.model = load_yolo(weights)
+        self.model = load_yolo(model)
         self.device = device
         self.min_confidence = min_confidence
 

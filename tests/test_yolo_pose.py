@@ -19,7 +19,7 @@ def test_yolo_pose_adapter_on_a_real_frame(sample):
     from momentbus.daemon.source import FileSource
     from momentbus.extractors.pose_yolo import YoloPoseExtractor
 
-    ex = YoloPoseExtractor(weights="yolo11n-pose.yaml", min_confidence=0.0)
+    ex = YoloPoseExtractor(model="yolo11n-pose.yaml", min_confidence=0.0)
     src = FileSource(sample("single_face.mp4"))
     frame = next(iter(src.items()))
     src.close()
