@@ -11,7 +11,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-EXIT_USAGE = 2
+from .lifecycle import ExitCode
+
+EXIT_USAGE = ExitCode.USAGE
 
 
 class UserError(Exception):
@@ -163,10 +165,11 @@ def _groups(text: str) -> tuple[str, ...]:
 
 
 def _role(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Run a role process: parent-death signal, stop flag, tracer closed on the way out."""
+    """Run a role process: first ask for the parent-death signal (no orphan if the parent of a
+    local run dies), then the role, which installs its stop flag and closes its tracer."""
 
     def wrapper(args: argparse.Namespace) -> int:
-        from .supervisor import die_with_parent
+        from .lifecycle import die_with_parent
 
         die_with_parent()
         return fn(args)
@@ -176,86 +179,77 @@ def _role(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespa
 
 @_role
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from .daemon.main import DaemonConfig, run
-    from .daemon.source import probe
-    from .supervisor import StopFlag
-
-    from .daemon.main import is_microphone
+    from .daemon.main import DaemonConfig, is_microphone, run
+    from .lifecycle import StopFlag
+    from .media import probe
 
     if not is_microphone(args.source):
         probe(args.source, require_video=not args.audio_only)
-    tracer = _tracer(args, "daemon")
-    try:
+    with _tracer(args, "daemon") as tracer:
         return run(DaemonConfig(args.source, args.bind, args.fusion, _groups(args.expect),
                                 args.wait, realtime=args.realtime,
                                 require_video=not args.audio_only), tracer, StopFlag().install())
-    finally:
-        tracer.close()
 
 
 @_role
 def cmd_extractor(args: argparse.Namespace) -> int:
     from .extractors.base import build
     from .extractors.runner import RunnerConfig, run
-    from .supervisor import StopFlag
+    from .lifecycle import StopFlag
 
     stop = StopFlag().install()
     cfg = RunnerConfig(args.kind, args.daemon, args.fusion, args.backend, args.group, args.index,
                        args.fps, args.policy, args.encoding)
     extractor = build(args.kind, args.backend)  # load the model before joining: ready = loaded
-    tracer = _tracer(args, cfg.component)
-    try:
+    with _tracer(args, cfg.component) as tracer:
         return run(cfg, tracer, stop, extractor)
-    finally:
-        tracer.close()
 
 
 @_role
 def cmd_fusion(args: argparse.Namespace) -> int:
     from .fusion.main import FusionConfig, run
     from .fusion.rules import load_rules
-    from .supervisor import StopFlag
+    from .lifecycle import StopFlag
 
     specs = load_rules(args.rules)
-    tracer = _tracer(args, "fusion")
-    try:
+    with _tracer(args, "fusion") as tracer:
         return run(FusionConfig(args.bind, args.out, args.clip, _groups(args.expect),
-                                int(args.idle_timeout * 1e9), save_obs=args.save_obs), specs, tracer,
-                   StopFlag().install())
-    finally:
-        tracer.close()
+                                int(args.idle_timeout * 1e9), save_obs=args.save_obs), specs,
+                   tracer, StopFlag().install())
 
 
 @_role
 def cmd_clip(args: argparse.Namespace) -> int:
     from .clip.main import ClipConfig, run
-    from .supervisor import StopFlag
+    from .lifecycle import StopFlag
 
-    tracer = _tracer(args, "clip")
-    try:
+    with _tracer(args, "clip") as tracer:
         return run(ClipConfig(args.source, args.bind, args.out), tracer, StopFlag().install())
-    finally:
-        tracer.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .lifecycle import StopFlag
     from .run import RunOptions, run_pipeline
 
     return run_pipeline(RunOptions(
         source=args.source, out_dir=args.out, rules=args.rules,
         extractors=_groups(args.extractors), fps=args.fps, restart_budget=args.restart_budget,
-        quiet=args.quiet, trace_level=args.trace_level, save_obs=args.save_obs))
+        quiet=args.quiet, trace_level=args.trace_level, save_obs=args.save_obs),
+        StopFlag().install()).exit_code
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     import json
 
     from .extractors.offline import extract_file
+    from .ipc.schema import payload_fields
 
     options = {"model": args.model} if args.model else {}
     for obs in extract_file(args.kind, args.source, args.backend, args.fps, **options):
-        print(json.dumps(obs, separators=(",", ":")), flush=True)
-    return 0
+        line = {"kind": obs.kind, "source_id": obs.source_id, "seq": obs.seq, "t_ns": obs.t_ns,
+                **payload_fields(obs.payload)}
+        print(json.dumps(line, separators=(",", ":")), flush=True)
+    return ExitCode.OK
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
@@ -264,25 +258,28 @@ def cmd_samples(args: argparse.Namespace) -> int:
     if args.action == "list":
         for s in samples.SAMPLES.values():
             print(f"{s.name}\t{s.what}")
-        return 0
+        return ExitCode.OK
     names = [args.name] if args.name else None
     if args.name and args.name not in samples.SAMPLES:
         raise UserError(f"unknown sample {args.name!r} (see `momentbus samples list`)")
     if args.action == "path":
         print(samples.path(args.name or samples.DEFAULT_SAMPLE))
-        return 0
+        return ExitCode.OK
     for path in samples.fetch(names):
         print(path)
-    return 0
+    return ExitCode.OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .daemon import samples
     from .run import RunOptions, run_pipeline
 
+    from .lifecycle import StopFlag
+
     video = samples.path(samples.DEFAULT_SAMPLE)
     print(f"sample video: {video}", file=sys.stderr)
-    return run_pipeline(RunOptions(source=str(video), out_dir=args.out, quiet=args.quiet))
+    return run_pipeline(RunOptions(source=str(video), out_dir=args.out, quiet=args.quiet),
+                        StopFlag().install()).exit_code
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
@@ -302,11 +299,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
             print(json.dumps({**summary, "malformed_lines": bad}, indent=1))
         else:
             render(summary, bad)
-        return 0
+        return ExitCode.OK
     from .traces.plot import plot_timeline
 
     print(plot_timeline(records, args.output, title=f"momentbus timeline: {args.file}"))
-    return 0
+    return ExitCode.OK
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
@@ -315,7 +312,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
     specs = load_rules(args.file)
     for s in specs:
         print(f"ok  {s.name} ({s.kind})")
-    return 0
+    return ExitCode.OK
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -332,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     import zmq
 
-    from .daemon.errors import SourceError
+    from .media import SourceError
     from .daemon.samples import SampleError
     from .extractors.base import ExtractorError
     from .fusion.rules import RulesError
@@ -346,9 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"momentbus: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:  # `momentbus extract ... | head`: the reader left, stop quietly
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+        return ExitCode.BROKEN_PIPE

@@ -4,28 +4,37 @@ The parent is the supervisor and the trace collector: it starts clip, fusion, th
 the daemon, shows progress from the trace records, restarts crashed extractors within a budget,
 and ends with a summary once every child exited by itself (end of file propagates as Eof through
 every role). Ctrl-C stops everything (terminate -> timed join -> kill) and exits 130.
+
+:func:`run_file` is the same run for Python callers: no signal handlers, no output, usable off
+the main thread; it returns the triggers and clips.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .daemon.source import probe
 from .fusion.rules import load_rules
+from .ipc.schema import Trig
 from .ipc.shm import remove_leftovers
-from .supervisor import Child, StopFlag, Supervisor
+from .lifecycle import ExitCode, StopFlag
+from .media import probe
+from .supervisor import Child, Supervisor
 from .traces.summary import percentile
 
 
@@ -40,6 +49,8 @@ class RunOptions:
     quiet: bool = False
     trace_level: str = "normal"
     save_obs: bool = False
+    #: Print the summary tables at the end (``momentbus run``); the library keeps quiet.
+    summary: bool = True
 
 
 @dataclass
@@ -80,8 +91,59 @@ class RunStats:
                 self.late += 1
 
 
-def run_pipeline(opts: RunOptions) -> int:
-    """Run the whole pipeline on ``opts.source``; returns the exit code.
+@dataclass
+class RunResult:
+    """What a run produced: its exit code (:class:`~momentbus.lifecycle.ExitCode`), the fired
+    triggers (as written to ``OUT/triggers.jsonl``), the clip files written, and the counters
+    the summary was built from."""
+
+    exit_code: int
+    out_dir: Path
+    triggers: list[Trig]
+    clips: list[Path]
+    stats: RunStats
+
+
+def read_triggers(path: str | os.PathLike[str]) -> list[Trig]:
+    """The TRIGs of a ``triggers.jsonl`` (a torn last line, from a run cut short, is skipped)."""
+    decoder = msgspec.json.Decoder(Trig)
+    out = []
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        try:
+            out.append(decoder.decode(line))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+    return out
+
+
+def run_file(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+             extractors: Sequence[str] = ("face", "quality"), rules: str | None = None,
+             fps: float = 10.0, restart_budget: int = 3, trace_level: str = "normal",
+             save_obs: bool = False, stop: StopFlag | None = None) -> RunResult:
+    """Run the whole pipeline on a media file, as ``momentbus run`` does, and return its result.
+
+    The roles run as separate processes, as in the CLI; this call blocks until they finished.
+    It installs no signal handler and prints nothing, so it can run off the main thread; set
+    ``stop`` (a :class:`~momentbus.lifecycle.StopFlag`) from another thread to end it early
+    (exit code 130, what was written so far stays).
+
+    Raises:
+        SourceError: the source is missing, not media, or lacks a stream the extractors read.
+        RulesError: the rules file is invalid.
+        ExtractorError: an unknown extractor kind.
+    """
+    opts = RunOptions(source=str(source), out_dir=str(out_dir), rules=rules,
+                      extractors=tuple(extractors), fps=fps, restart_budget=restart_budget,
+                      quiet=True, trace_level=trace_level, save_obs=save_obs, summary=False)
+    return run_pipeline(opts, stop or StopFlag())
+
+
+def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
+    """Run the whole pipeline on ``opts.source`` until it ends or ``stop`` is set.
 
     Raises:
         SourceError: the source is missing, not media, or has no video (before anything starts).
@@ -126,8 +188,7 @@ def run_pipeline(opts: RunOptions) -> int:
     py = [sys.executable, "-m", "momentbus"]
     common = ["--trace-collector", addr["trace"], "--trace-level", opts.trace_level]
     groups = ",".join(opts.extractors)
-    stop = StopFlag().install()
-    code = 0
+    code: int = ExitCode.OK
     started = time.monotonic()
     try:
         sup.start(Child("clip", py + ["clip", opts.source, "--bind", addr["clip"],
@@ -173,7 +234,7 @@ def run_pipeline(opts: RunOptions) -> int:
                     _print_tail(console, child.stderr_path)
                     lost.append(child.name)
                 if any(not c.name.startswith("extractor-") for c in failed):
-                    code = 1  # a core role died: nothing can end the run properly
+                    code = ExitCode.ERROR  # a core role died: nothing can end the run properly
                     break
                 if not sup.running():
                     break
@@ -182,9 +243,9 @@ def run_pipeline(opts: RunOptions) -> int:
                     # restart) has nothing left to do
                     sup.stop()
                 if stop.is_set():
-                    code = 130
+                    code = ExitCode.INTERRUPTED
                     break
-                time.sleep(0.1)  # supervisor poll period (not a test wait)
+                stop.wait(0.1)  # the supervisor's poll period
     finally:
         if sup.running():
             # Ctrl-C reached the children too (same terminal): give them the grace period
@@ -195,14 +256,18 @@ def run_pipeline(opts: RunOptions) -> int:
             if child.name == "daemon" and child.proc is not None:
                 remove_leftovers(child.proc.pid)
     elapsed = time.monotonic() - started
-    if code == 130:
-        console.print("[yellow]stopped")
-        return code
-    _summary(console, info, stats, out, elapsed, collector)
-    for name in lost:
-        Console().print(f"[yellow]warning[/]: {name} died and was not restarted; rules that "
-                        "read it ran without it (their triggers list it as missing)")
-    return code
+    result = RunResult(code, out, read_triggers(out / "triggers.jsonl"),
+                       [Path(c["path"]) for c in stats.clips], stats)
+    if code == ExitCode.INTERRUPTED:
+        if opts.summary:
+            console.print("[yellow]stopped")
+        return result
+    if opts.summary:
+        _summary(console, info, stats, out, elapsed, collector)
+        for name in lost:
+            Console().print(f"[yellow]warning[/]: {name} died and was not restarted; rules "
+                            "that read it ran without it (their triggers list it as missing)")
+    return result
 
 
 def _print_tail(console: Console, path: str | None, lines: int = 8) -> None:

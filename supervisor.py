@@ -1,63 +1,22 @@
-"""Process plumbing shared by every role: stop signals, parent-death, and the supervisor.
+"""The supervisor of a local run: starts role processes, restarts crashed ones within a budget,
+and stops everything with terminate -> timed join -> kill (Frigate's watchdog, minus silence).
 
-Each role (daemon, extractor, fusion, clip) is a separate OS process with a ``main()``. The
-supervisor of ``momentbus run`` starts them, restarts crashed extractors within a budget, and
-stops everything with terminate -> timed join -> kill (Frigate's watchdog, minus silence).
+Only the parent imports this module; what the roles themselves share (stop flag, parent-death
+signal, exit codes) is in :mod:`momentbus.lifecycle`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .lifecycle import PARENT_PID_ENV
+
 #: Children get this long after SIGTERM before SIGKILL.
 TERMINATE_GRACE_S = 5.0
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGINT; role loops poll :meth:`is_set` (no exception in the middle of a
-    ZeroMQ call, so every process closes its sockets and ends its streams cleanly)."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.signal: int | None = None
-
-    def install(self) -> "StopFlag":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handler)
-        return self
-
-    def _handler(self, signum: int, _frame: object) -> None:
-        self.signal = signum
-        self._event.set()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when its parent dies (no orphans after a crash)."""
-    if sys.platform != "linux":
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-    parent = os.environ.get("MOMENTBUS_PARENT_PID")
-    if parent and os.getppid() != int(parent):  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
@@ -90,7 +49,7 @@ class Supervisor:
         self._on_event = on_event or (lambda *a, **k: None)
 
     def start(self, child: Child) -> Child:
-        env = dict(os.environ, MOMENTBUS_PARENT_PID=str(os.getpid()), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_PID_ENV: str(os.getpid())})
         stderr = None
         if self.log_dir:
             child.stderr_path = os.path.join(self.log_dir, f"{child.name}.log")

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import zmq
 
-from ..daemon.source import probe
 from ..ipc import sockets
-from ..ipc.errors import DecodeError
-from ..ipc.schema import Eof, Trig
-from ..supervisor import StopFlag
+from ..ipc.schema import Eof, Message, Trig
+from ..lifecycle import ExitCode, StopFlag
+from ..media import probe
 from ..traces.tracer import Tracer
 from .cutter import ClipError, write_clip
 
@@ -33,22 +32,18 @@ def run(cfg: ClipConfig, tracer: Tracer, stop: StopFlag) -> int:
     info = probe(cfg.source, require_video=False)
     tracer.source_id = info.source_id
     pull = sockets.bind(zmq.PULL, cfg.bind)
+    inbox: sockets.Receiver[Message] = sockets.Receiver(pull, (Trig, Eof),
+                                                        on_bad=tracer.bad_message, where="clip")
     clips_dir = Path(cfg.out_dir) / "clips"
     written = failed = 0
     try:
         while not stop.is_set():
-            if not pull.poll(100):
-                continue
-            try:
-                _, msg = sockets.recv(pull)
-            except DecodeError as e:
-                tracer.bad_message(e)
+            msg = inbox.recv(100)
+            if msg is None:
                 continue
             if isinstance(msg, Eof):
                 break
-            if not isinstance(msg, Trig):
-                tracer.bad_message(DecodeError(f"unexpected {type(msg).__name__} at clip"))
-                continue
+            assert isinstance(msg, Trig)
             t0 = time.perf_counter()
             try:
                 res = write_clip(cfg.source, msg, clips_dir, written + failed + 1, info.duration_ns)
@@ -66,4 +61,4 @@ def run(cfg: ClipConfig, tracer: Tracer, stop: StopFlag) -> int:
     finally:
         pull.close(0)
         sockets.remove_ipc_file(cfg.bind)
-    return 0 if failed == 0 else 1
+    return ExitCode.OK if failed == 0 else ExitCode.ERROR

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 import zmq
 
 from ..ipc import sockets
-from ..ipc.errors import DecodeError
 from ..ipc.framebus import DEFAULT_MEMBER_TIMEOUT_S, DEFAULT_QUEUE_SIZE, FrameBusServer
 from ..ipc.schema import Eof, Frame, Welcome
-from ..supervisor import StopFlag
+from ..lifecycle import ExitCode, StopFlag
+from ..media import FileSource
 from ..traces.tracer import Tracer
-from .source import FileSource
 
 
 @dataclass(frozen=True)
@@ -48,11 +47,8 @@ def run(cfg: DaemonConfig, tracer: Tracer, stop: StopFlag) -> int:
     tracer.source_id = info.source_id
     welcome = Welcome(source_id=info.source_id, width=info.width, height=info.height,
                       time_base=info.time_base, duration_ns=info.duration_ns, live=False)
-
-    def on_bad(e: DecodeError) -> None:
-        tracer.bad_message(e)
-
-    server = FrameBusServer(cfg.bind, welcome, trace=tracer.emit, on_bad_message=on_bad,
+    server = FrameBusServer(cfg.bind, welcome, trace=tracer.emit,
+                            on_bad_message=tracer.bad_message,
                             queue_size=cfg.queue_size, member_timeout_s=cfg.member_timeout_s)
     fusion = sockets.connect(zmq.PUSH, cfg.fusion, linger_ms=5000) if cfg.fusion else None
     tracer.emit("source", path=info.path, width=info.width, height=info.height,
@@ -103,12 +99,13 @@ def run(cfg: DaemonConfig, tracer: Tracer, stop: StopFlag) -> int:
         src.close()
         if fusion is not None:
             fusion.close(5000)
-    return 0
+    return ExitCode.OK
 
 
 def _run_microphone(cfg: DaemonConfig, tracer: Tracer, stop: StopFlag) -> int:
     """Serve a live microphone until stopped (Ctrl-C / SIGTERM), then end every member."""
-    from .microphone import RATE, TIME_BASE, MicrophoneSource
+    from .microphone import TIME_BASE, MicrophoneSource
+    from ..ipc.vocab import AUDIO_RATE as RATE
 
     device = (cfg.source[4:] or None) if cfg.source.startswith("mic:") else None
     mic = MicrophoneSource(int(device) if device and device.isdigit() else device,
@@ -138,4 +135,4 @@ def _run_microphone(cfg: DaemonConfig, tracer: Tracer, stop: StopFlag) -> int:
                     dropped_blocks=mic.dropped_blocks)
         server.close()
         mic.close()
-    return 0
+    return ExitCode.OK

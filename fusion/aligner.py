@@ -27,9 +27,10 @@ Semantics (DESIGN.md "Fusion"):
 from __future__ import annotations
 
 import bisect
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from msgspec.structs import replace
 
 from ..ipc.schema import Obs, Trig
 from .rules import Rule
@@ -329,7 +330,7 @@ class Aligner:
                             "waiting_for": pend.waiting_for})
                 for trig in rule.on_obs(pend.obs):
                     if missing:
-                        trig = dataclasses.replace(trig, missing=missing)
+                        trig = replace(trig, missing=missing)
                     out.trigs.append(trig)
                     self.trig_count += 1
             if complete >= POS_INF:

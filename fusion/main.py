@@ -18,9 +18,9 @@ from pathlib import Path
 import zmq
 
 from ..ipc import sockets
-from ..ipc.errors import DecodeError
-from ..ipc.schema import Eof, Heartbeat, Hello, Obs, Watermark, to_json_dict
-from ..supervisor import StopFlag
+from ..ipc.schema import Eof, Heartbeat, Hello, Message, Obs, Watermark, to_json_dict
+from ..ipc.vocab import group_of_component
+from ..lifecycle import ExitCode, StopFlag
 from ..traces.tracer import Tracer
 from .aligner import DEFAULT_IDLE_TIMEOUT_NS, DEFAULT_JOIN_TIMEOUT_NS, Aligner, Output
 from .rules import RuleSpec, build_rules
@@ -61,6 +61,8 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
                       idle_timeout_ns=cfg.idle_timeout_ns, join_timeout_ns=cfg.join_timeout_ns,
                       start_ns=now())
     pull = sockets.bind(zmq.PULL, cfg.bind, hwm=100_000)
+    inbox: sockets.Receiver[Message] = sockets.Receiver(
+        pull, (Obs, Watermark, Heartbeat, Hello, Eof), on_bad=tracer.bad_message, where="fusion")
     clip = sockets.connect(zmq.PUSH, cfg.clip, linger_ms=5000) if cfg.clip else None
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -89,12 +91,8 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
 
     try:
         while not stop.is_set():
-            if pull.poll(100):
-                try:
-                    _, msg = sockets.recv(pull)
-                except DecodeError as e:
-                    tracer.bad_message(e)
-                    continue
+            msg = inbox.recv(100)
+            if msg is not None:
                 t = now()
                 if isinstance(msg, Obs):
                     if obs_log is not None:
@@ -113,10 +111,9 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
                         handle(aligner.on_source_eof(t))
                     else:
                         member = aligner.members.get(msg.component)
-                        group = member.group if member else msg.component.split(":")[-1].split("#")[0]
-                        handle(aligner.on_eof(msg.component, group, t))
-                else:
-                    tracer.bad_message(DecodeError(f"unexpected {type(msg).__name__} at fusion"))
+                        group = member.group if member else group_of_component(msg.component)
+                        if group is not None:
+                            handle(aligner.on_eof(msg.component, group, t))
             handle(aligner.on_tick(now()))
             if aligner.done():
                 break
@@ -136,6 +133,6 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
         sockets.remove_ipc_file(cfg.bind)
         if clip is not None:
             clip.close(5000)
-    return 0
+    return ExitCode.OK
 
 

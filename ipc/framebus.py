@@ -21,22 +21,23 @@ in-flight seqs traced as drops); a group without members stops holding the sourc
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.typing import NDArray
 import zmq
+from msgspec.structs import replace
+from numpy.typing import NDArray
 
 from . import sockets
 from .errors import DecodeError, PeerTimeoutError
 from .sampling import FpsSampler
+from .schema import (AudioChunk, Credit, Eof, Frame, Gap, Heartbeat, Hello, Message, ShmRef,
+                     Welcome)
 from .shm import DEFAULT_SLOTS, SlotRing
-from .schema import AudioChunk, Credit, Eof, Frame, Heartbeat, Hello, Message, Welcome
+from .vocab import GapReason
 
 #: Items an ``every`` group may have queued before the source pauses (backpressure). Eight frames
 #: keep both cores busy across a model's per-frame jitter (measured: 4 -> 8 gave +6 % frames/s on
@@ -80,7 +81,7 @@ class _Group:
     fps: float | None
     members: list[_Member] = field(default_factory=list)
     queue: deque[Item] = field(default_factory=deque)
-    gaps: list[list[Any]] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
     rr: int = 0
     delivered: int = 0
     dropped: int = 0
@@ -89,13 +90,14 @@ class _Group:
     def __post_init__(self) -> None:
         self.sampler = FpsSampler(self.fps)
 
-    def add_gap(self, seq: int, reason: str) -> None:
-        if self.gaps and self.gaps[-1][2] == reason and self.gaps[-1][1] == seq - 1:
-            self.gaps[-1][1] = seq
+    def add_gap(self, seq: int, reason: GapReason) -> None:
+        last = self.gaps[-1] if self.gaps else None
+        if last is not None and last.reason == reason and last.last == seq - 1:
+            self.gaps[-1] = Gap(last.first, seq, reason)
         else:
-            self.gaps.append([seq, seq, reason])
+            self.gaps.append(Gap(seq, seq, reason))
 
-    def take_gaps(self) -> list[list[Any]]:
+    def take_gaps(self) -> list[Gap]:
         gaps, self.gaps = self.gaps, []
         return gaps
 
@@ -129,10 +131,12 @@ class FrameBusServer:
         self.member_timeout_s = member_timeout_s
         self.rejoin_grace_s = rejoin_grace_s
         self._trace = trace or (lambda record, **kw: None)
-        self._on_bad = on_bad_message or (lambda e: None)
         self._now = now
         self.sock = sockets.bind(zmq.ROUTER, address, hwm=0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.inbox: sockets.Receiver[Message] = sockets.Receiver(
+            self.sock, (Hello, Credit, Heartbeat, Eof), on_bad=on_bad_message,
+            where="the frame bus", router=True)
         self.members: dict[bytes, _Member] = {}
         self.groups: dict[str, _Group] = {}
         self.eof: dict[str, Eof] = {}  # per stream, once the source ended
@@ -145,15 +149,10 @@ class FrameBusServer:
     def poll(self, timeout_ms: int = 0) -> None:
         """Handle every queued client message, waiting up to ``timeout_ms`` for the first."""
         wait = timeout_ms
-        while self.sock.poll(wait):
+        while (msg := self.inbox.recv(wait)) is not None:
             wait = 0
-            try:
-                identity, msg = sockets.recv(self.sock, router=True)
-            except DecodeError as e:
-                self._on_bad(e)
-                continue
-            assert identity is not None
-            self._handle(identity, msg)
+            assert self.inbox.identity is not None
+            self._handle(self.inbox.identity, msg)
         self._check_liveness()
         self._dispatch_all()
 
@@ -165,8 +164,8 @@ class FrameBusServer:
                 return
             self._join(identity, msg, now)
             return
-        if member is None:  # a member we dropped (timeout) speaks again: ask it to re-hello
-            self._on_bad(DecodeError(f"{type(msg).__name__} from unknown peer {identity!r}"))
+        if member is None:  # a member we dropped (timeout) speaks again
+            self.inbox._count(DecodeError(f"{type(msg).__name__} from unknown peer {identity!r}"))
             return
         member.last_seen = now
         if isinstance(msg, Credit):
@@ -177,14 +176,9 @@ class FrameBusServer:
             pass
         elif isinstance(msg, Eof):  # the member leaves on purpose
             self._leave(member, "bye")
-        else:
-            self._on_bad(DecodeError(f"unexpected {type(msg).__name__} on the frame bus"))
 
     def _join(self, identity: bytes, hello: Hello, now: float) -> None:
-        stream = hello.streams[0] if hello.streams else "video"
-        if stream not in ("video", "audio"):
-            self._on_bad(DecodeError(f"hello: unknown stream {stream!r}"))
-            return
+        stream = hello.streams[0]
         group = self.groups.get(hello.group)
         if group is None:
             group = _Group(hello.group, stream, hello.policy, hello.fps)
@@ -276,8 +270,8 @@ class FrameBusServer:
             if slot is None:  # only a `latest`-only (live) source gets here: drop, say so
                 self._trace("frame_drop", group="*", seqs=[item.seq], reason="no_shm_slot")
                 return
-            item = replace(item, data=self.ring.view(slot, img.shape),
-                           shm=[self.ring.name, self.ring.offset(slot)])
+            item = replace(item, data=self.ring.view(slot, img.shape), encoding="shm",
+                           shm=ShmRef(self.ring.name, self.ring.offset(slot)))
         self._publish(item, stream)
         self._release(item)  # the publisher's own lease (slot freed if no group took it)
         self._dispatch_all()
@@ -295,12 +289,12 @@ class FrameBusServer:
         return True
 
     def _hold(self, item: Item) -> None:
-        if isinstance(item, Frame) and item.shm and self.ring is not None:
-            self.ring.hold(item.shm[1] // self.ring.slot_bytes)
+        if isinstance(item, Frame) and item.shm is not None and self.ring is not None:
+            self.ring.hold(item.shm.offset // self.ring.slot_bytes)
 
     def _release(self, item: Item) -> None:
-        if isinstance(item, Frame) and item.shm and self.ring is not None:
-            self.ring.release(item.shm[1] // self.ring.slot_bytes)
+        if isinstance(item, Frame) and item.shm is not None and self.ring is not None:
+            self.ring.release(item.shm.offset // self.ring.slot_bytes)
 
     def _publish(self, item: Item, stream: str) -> None:
         for group in self.groups.values():
@@ -362,20 +356,20 @@ class FrameBusServer:
                 return member
         return None
 
-    def _send_item(self, member: _Member, item: Item, gaps: list[list[Any]]) -> None:
+    def _send_item(self, member: _Member, item: Item, gaps: list[Gap]) -> None:
         member.credit -= 1
         member.in_flight.append(item)  # the original: its lease is returned with the credit
         if isinstance(item, Frame):
-            if member.encoding == "jpeg" and item.encoding == "raw":
+            if member.encoding == "jpeg":
                 jpeg = self._jpeg_cache.get(item.seq)
                 if jpeg is None:
                     jpeg = _encode_jpeg(item.image())
                     self._jpeg_cache[item.seq] = jpeg
-                item = replace(item, encoding="jpeg", data=jpeg, gaps=gaps, shm=[])
-            elif member.encoding == "shm" and item.shm:
-                item = replace(item, encoding="shm", data=b"", gaps=gaps)
+                item = replace(item, encoding="jpeg", data=jpeg, gaps=gaps, shm=None)
+            elif member.encoding == "shm" and item.shm is not None:
+                item = replace(item, encoding="shm", data=None, gaps=gaps)
             else:  # raw: the pixels (from shared memory when there is a ring: still no copy)
-                item = replace(item, gaps=gaps, shm=[])
+                item = replace(item, encoding="raw", gaps=gaps, shm=None)
         self._send(member, item)
 
     def _send(self, member: _Member, msg: Message) -> None:
@@ -404,7 +398,14 @@ class FrameBusServer:
         return (all(m.eof_sent and not m.in_flight for m in self.members.values())
                 and not any(g.queue and self._in_grace(g) for g in self.groups.values()))
 
+    def __enter__(self) -> FrameBusServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Close the socket, remove its ipc file and unlink the shared memory (idempotent)."""
         self.sock.close(0)
         sockets.remove_ipc_file(self.address)
         if self.ring is not None:
@@ -424,9 +425,6 @@ def _encode_jpeg(img: NDArray[np.uint8], quality: int = 80) -> bytes:
     if not ok:  # pragma: no cover - cv2 only fails on empty images
         raise ValueError("JPEG encoding failed")
     return buf.tobytes()
-
-
-_client_ids = itertools.count()
 
 
 class FrameBusClient:
@@ -449,8 +447,9 @@ class FrameBusClient:
         self.server_timeout_s = server_timeout_s
         self._now = now
         self.sock = sockets.connect(zmq.DEALER, address, hwm=0)
+        self.inbox: sockets.Receiver[Message] = sockets.Receiver(
+            self.sock, (Welcome, Frame, AudioChunk, Eof, Heartbeat), where="the frame bus client")
         self.welcome: Welcome | None = None
-        self.bad_messages = 0
         self._last_heard = now()
         self._last_sent = now()
 
@@ -468,13 +467,7 @@ class FrameBusClient:
             if remaining <= 0 or should_stop():
                 raise PeerTimeoutError(f"no answer from the daemon at {self.address} "
                                        f"within {timeout_s:.0f} s")
-            if not self.sock.poll(int(min(remaining, 0.1) * 1000)):
-                continue
-            try:
-                _, msg = sockets.recv(self.sock)
-            except DecodeError:
-                self.bad_messages += 1
-                continue
+            msg = self.inbox.recv(int(min(remaining, 0.1) * 1000))
             if isinstance(msg, Welcome):
                 self.welcome = msg
         self._last_heard = self._now()
@@ -484,6 +477,11 @@ class FrameBusClient:
     def _send(self, msg: Message) -> None:
         sockets.send(self.sock, msg)
         self._last_sent = self._now()
+
+    @property
+    def bad_messages(self) -> int:
+        """Malformed or unexpected messages received and skipped."""
+        return self.inbox.bad_total
 
     def recv(self, timeout_ms: int = 100) -> Frame | AudioChunk | Eof | None:
         """The next item, an :class:`Eof`, or ``None`` if nothing came within ``timeout_ms``.
@@ -495,16 +493,12 @@ class FrameBusClient:
         deadline = self._now() + timeout_ms / 1000
         while True:
             wait = max(0, int((deadline - self._now()) * 1000))
-            if not self.sock.poll(wait):
+            msg = self.inbox.recv(wait)
+            if msg is None:
                 if self._now() - self._last_heard > self.server_timeout_s:
                     return Eof(source_id=self.welcome.source_id if self.welcome else "",
                                component="daemon", last_seq=-1, t_end_ns=0, reason="source_lost")
                 return None
-            try:
-                _, msg = sockets.recv(self.sock)
-            except DecodeError:
-                self.bad_messages += 1
-                continue
             self._last_heard = self._now()
             if isinstance(msg, (Frame, AudioChunk, Eof)):
                 return msg
@@ -525,6 +519,12 @@ class FrameBusClient:
                            t_end_ns=0, reason="bye"))
         except zmq.ZMQError:
             pass
+
+    def __enter__(self) -> FrameBusClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self.sock.close(0)

@@ -78,7 +78,14 @@ class SlotRing:
         elif self.refs[slot] < 0:  # pragma: no cover - a bookkeeping bug must be loud
             raise RuntimeError(f"slot {slot} released more often than held")
 
+    def __enter__(self) -> SlotRing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Unmap and unlink the block (idempotent)."""
         try:
             self.shm.close()
         except BufferError:  # a view is still referenced; the mapping goes with the process

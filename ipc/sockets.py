@@ -1,22 +1,28 @@
 """Socket wrappers: the only place (with the frame bus) that calls ZeroMQ.
 
 Sockets are created in the thread/process that uses them and closed with ``linger=0`` unless a
-caller asks for a flush window (trace records at exit). Every send and receive goes through
-:func:`send` / :func:`recv`, so every message on the wire is a typed, validated
-:class:`~momentbus.ipc.schema.Message`.
+caller asks for a flush window (trace records at exit); pyzmq sockets are context managers
+(``with bind(...) as sock:`` closes them). Every send and receive goes through :func:`send`,
+:func:`recv` or a :class:`Receiver`, so every message on the wire is a typed, validated
+:class:`~momentbus.ipc.schema.Message`. Every socket made here is tracked (:func:`open_sockets`)
+so the test suite fails a test that leaves one open, as pyzmq's own conftest does.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from typing import Any
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlparse
 
 import zmq
 
 from .errors import DecodeError
 from .schema import Message, decode, encode
+
+M = TypeVar("M", bound=Message)
 
 #: Send/receive high-water mark for message sockets (messages). Frames never queue here: the
 #: frame bus's credits bound them. 1000 observations ~ 40 s of one extractor at 25 fps.
@@ -29,12 +35,22 @@ def context() -> zmq.Context[Any]:
     return ctx
 
 
+_made: weakref.WeakSet[zmq.Socket[Any]] = weakref.WeakSet()
+
+
 def make_socket(kind: int, *, hwm: int = DEFAULT_HWM, linger_ms: int = 0) -> zmq.Socket[Any]:
+    """A socket of ``kind`` with ``linger_ms`` and both high-water marks set to ``hwm``."""
     sock: zmq.Socket[Any] = context().socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
+    _made.add(sock)
     return sock
+
+
+def open_sockets() -> list[zmq.Socket[Any]]:
+    """Sockets made by this module in this process and not closed yet (leak checks)."""
+    return [s for s in list(_made) if not s.closed]
 
 
 def bind(kind: int, address: str, **kw: Any) -> zmq.Socket[Any]:
@@ -90,6 +106,61 @@ def recv(sock: zmq.Socket[Any], *, router: bool = False, flags: int = 0) -> tupl
         identity = parts[0].bytes
         parts = parts[1:]
     return identity, decode(parts)
+
+
+class Receiver(Generic[M]):
+    """The one receive loop: poll, receive, decode, and count what is malformed or unexpected.
+
+    ``recv`` returns the next message of an accepted type, or ``None`` once ``timeout_ms`` passed
+    with none. A malformed message (any :class:`DecodeError`), or a well-formed one of a type the
+    receiver does not accept, is counted by error type in :attr:`bad`, handed to ``on_bad`` (which
+    traces the first of each type) and skipped: it never ends the loop.
+
+    Args:
+        sock: a bound or connected socket (PULL, DEALER, ...; ROUTER with ``router=True``).
+        accept: the message types this end takes.
+        on_bad: called with each :class:`DecodeError` (unexpected types are wrapped in one).
+        where: names this end in the "unexpected message" errors (``"fusion"``).
+    """
+
+    def __init__(self, sock: zmq.Socket[Any], accept: tuple[type[M], ...], *,
+                 on_bad: Callable[[DecodeError], None] | None = None, where: str = "",
+                 router: bool = False) -> None:
+        self.sock = sock
+        self.accept = accept
+        self.where = where or "this end"
+        self.router = router
+        self.bad: dict[str, int] = {}
+        self.identity: bytes | None = None  # the sender of the last message (ROUTER only)
+        self._on_bad = on_bad or (lambda e: None)
+
+    def _count(self, err: DecodeError) -> None:
+        name = type(err).__name__
+        self.bad[name] = self.bad.get(name, 0) + 1
+        self._on_bad(err)
+
+    @property
+    def bad_total(self) -> int:
+        return sum(self.bad.values())
+
+    def recv(self, timeout_ms: int) -> M | None:
+        """The next accepted message, or ``None`` after ``timeout_ms`` (0: only what is queued)."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        wait = timeout_ms
+        while self.sock.poll(wait):
+            try:
+                identity, msg = recv(self.sock, router=self.router, flags=zmq.NOBLOCK)
+            except zmq.Again:  # pragma: no cover - poll said readable
+                return None
+            except DecodeError as e:
+                self._count(e)
+            else:
+                if isinstance(msg, self.accept):
+                    self.identity = identity
+                    return msg
+                self._count(DecodeError(f"unexpected {type(msg).__name__} at {self.where}"))
+            wait = max(0, int((deadline - time.monotonic()) * 1000))
+        return None
 
 
 def close_all(socks: Iterable[zmq.Socket[Any] | None], linger_ms: int = 0) -> None:

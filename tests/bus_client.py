@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+import msgspec
+
 from momentbus.ipc.framebus import FrameBusClient
 from momentbus.ipc.schema import Eof, Hello
 
@@ -28,13 +30,15 @@ def main() -> None:
         if item is None:
             continue
         if isinstance(item, Eof):
-            print(json.dumps({"event": "eof", "reason": item.reason, "gaps": item.gaps}), flush=True)
+            print(json.dumps({"event": "eof", "reason": item.reason,
+                              "gaps": msgspec.to_builtins(item.gaps)}), flush=True)
             break
         img = item.image()
         # exact for raw and shm; JPEG (lossy) keeps a flat image within a couple of levels
         want = item.seq % 256
         ok = bool(abs(int(img[0, 0, 0]) - want) <= 2 and abs(int(img[-1, -1, -1]) - want) <= 2)
-        print(json.dumps({"event": "frame", "seq": item.seq, "gaps": item.gaps, "pixels_ok": ok,
+        print(json.dumps({"event": "frame", "seq": item.seq,
+                          "gaps": msgspec.to_builtins(item.gaps), "pixels_ok": ok,
                           "encoding": item.encoding}), flush=True)
         if mode == "slow":
             if sys.stdin.readline().strip() != "go":

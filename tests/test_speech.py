@@ -57,15 +57,15 @@ def call(sample):
 
 def test_transcript_word_error_rate(call):
     ref, segments = call
-    hyp = [w for s in segments for w in words_of(s["text"])]
+    hyp = [w for s in segments for w in words_of(s.payload.text)]
     rate, _ = wer([w for w, _, _ in ref], hyp)
     assert rate <= 0.30, f"WER {rate:.2f}"
 
 
 def test_word_times_match_the_reference(call):
     ref, segments = call
-    hyp = [(w, word["t_ns"] / 1e9) for s in segments for word in s["words"]
-           for w in words_of(word["word"])]
+    hyp = [(w, word.t_ns / 1e9) for s in segments for word in s.payload.words
+           for w in words_of(word.word)]
     _, pairs = wer([w for w, _, _ in ref], [w for w, _ in hyp])
     assert len(pairs) >= 0.7 * len(ref)
     for i, j in pairs:
@@ -79,14 +79,14 @@ def test_word_times_match_the_reference(call):
 
 def test_segments_are_final_ordered_and_well_formed(call):
     _, segments = call
-    assert segments and all(s["final"] and s["language"] == "en" for s in segments)
-    starts = [s["t_ns"] for s in segments]
+    assert segments and all(s.payload.final and s.payload.language == "en" for s in segments)
+    starts = [s.t_ns for s in segments]
     assert starts == sorted(starts)
     for s in segments:
-        assert s["t_ns"] <= s["t_end_ns"]
-        for w in s["words"]:
-            assert s["t_ns"] - 1 <= w["t_ns"] <= w["t_end_ns"] <= s["t_end_ns"] + 1
-            assert 0 <= w["probability"] <= 1
+        assert s.t_ns <= s.payload.t_end_ns
+        for w in s.payload.words:
+            assert s.t_ns - 1 <= w.t_ns <= w.t_end_ns <= s.payload.t_end_ns + 1
+            assert 0 <= w.probability <= 1
 
 
 def test_the_same_speech_muxed_at_an_offset_comes_out_shifted_by_exactly_it(call, sample, tmp_path):
@@ -96,10 +96,10 @@ def test_the_same_speech_muxed_at_an_offset_comes_out_shifted_by_exactly_it(call
                         str(muxed), OFFSET_S)
     on_video = list(extract_file("speech", str(muxed)))
     shift = int(OFFSET_S * 1_000_000_000)
-    assert [s["text"] for s in on_video] == [s["text"] for s in on_wav]
-    assert [s["t_ns"] - shift for s in on_video] == [s["t_ns"] for s in on_wav]
-    assert [w["t_ns"] - shift for s in on_video for w in s["words"]] == \
-        [w["t_ns"] for s in on_wav for w in s["words"]]
+    assert [s.payload.text for s in on_video] == [s.payload.text for s in on_wav]
+    assert [s.t_ns - shift for s in on_video] == [s.t_ns for s in on_wav]
+    assert [w.t_ns - shift for s in on_video for w in s.payload.words] == \
+        [w.t_ns for s in on_wav for w in s.payload.words]
 
 
 def test_whispercpp_needs_a_model_file(tmp_path, monkeypatch):

@@ -99,7 +99,15 @@ class Tracer:
     def bad_message_counts(self) -> dict[str, int]:
         return dict(self._bad_kinds)
 
+    def __enter__(self) -> Tracer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Write the bad-message counts, then close the socket (lingering up to
+        :data:`TRACE_LINGER_MS` to deliver the last records) and the file."""
         if self._bad_kinds:
             self.emit("bad_message", counts=self.bad_message_counts)
         if self._sock is not None:
@@ -144,21 +152,15 @@ class TraceCollector:
             self._ready.set()
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        inbox = sockets.Receiver(sock, (TraceRecord,), where="the trace collector")
         idle_polls = 0
         # line-buffered: `tail -f trace.jsonl` and jq work while the run goes on
-        with open(self.path, "w", encoding="utf-8", buffering=1) as out:
+        with sock, open(self.path, "w", encoding="utf-8", buffering=1) as out:
             self._ready.set()
             while True:
-                if sock.poll(50):
+                msg = inbox.recv(50)
+                if msg is not None:
                     idle_polls = 0
-                    try:
-                        _, msg = sockets.recv(sock)
-                    except DecodeError:
-                        self.bad += 1
-                        continue
-                    if not isinstance(msg, TraceRecord):
-                        self.bad += 1
-                        continue
                     out.write(_json_line(msg.fields) + "\n")
                     self.count += 1
                     if self.on_record is not None:
@@ -167,7 +169,7 @@ class TraceCollector:
                     idle_polls += 1
                     if idle_polls >= 4:  # 200 ms with nothing after stop: drained
                         break
-        sock.close(0)
+            self.bad = inbox.bad_total
         sockets.remove_ipc_file(self.address)
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -1,4 +1,7 @@
-"""File source on PyAV: frames and audio chunks with the stream's own ``pts``/``time_base``.
+"""Reading media files with PyAV: frames and audio chunks with their own ``pts``/``time_base``.
+
+Shared by every role that reads a file (the daemon's file source, the clip cutter's probe, the
+offline ``extract`` path), so none of them imports another role.
 
 ``t_ns = pts * time_base`` in exact rational arithmetic (:func:`~momentbus.ipc.timebase.pts_to_ns`),
 so variable-frame-rate files keep their real timestamps. ``seq`` counts frames read per stream,
@@ -19,14 +22,26 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ..ipc.schema import AudioChunk, Frame
-from ..ipc.timebase import pts_to_ns
-from .errors import NotMediaError, NoVideoStreamError, SourceNotFoundError
+from .ipc.schema import AudioChunk, Frame
+from .ipc.timebase import pts_to_ns
+from .ipc.vocab import AUDIO_RATE, AUDIO_TIME_BASE
 
-#: Sample rate and layout of published audio: 16 kHz mono, the input of Whisper-family models
-#: (Radford et al. 2022, "Robust Speech Recognition via Large-Scale Weak Supervision", sec. 2.2).
-AUDIO_RATE = 16_000
-AUDIO_TIME_BASE = Fraction(1, AUDIO_RATE)
+
+class SourceError(Exception):
+    """Base class: a source cannot be opened or read. A user mistake (bad path, not media) is
+    one of these, never a traceback: the CLI prints ``momentbus: error: <message>``, exit 2."""
+
+
+class SourceNotFoundError(SourceError, FileNotFoundError):
+    """The file does not exist."""
+
+
+class NotMediaError(SourceError, ValueError):
+    """The file exists but is not a media container FFmpeg can read (or it is truncated)."""
+
+
+class NoVideoStreamError(SourceError, ValueError):
+    """The container has no video stream (and video was required)."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +189,12 @@ class FileSource:
 
     def close(self) -> None:
         self.container.close()
+
+    def __enter__(self) -> FileSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _reason(e: BaseException) -> str:

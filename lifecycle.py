@@ -1,0 +1,93 @@
+"""What every role process shares: its stop flag, its parent-death signal, and its exit codes.
+
+Roles (daemon, extractor, fusion, clip) import this module; only the parent of a local run
+imports :mod:`momentbus.supervisor`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes of ``momentbus`` commands and role processes (documented in README)."""
+
+    #: Finished: everything that was read was analysed, every trigger has its clip.
+    OK = 0
+    #: An internal failure (a bug, or a role that could not go on): see the log.
+    ERROR = 1
+    #: A user mistake (bad path, bad rules file, address in use): one line on stderr.
+    USAGE = 2
+    #: An extractor gave up after too many consecutive per-frame failures.
+    EXTRACTOR_FAILED = 3
+    #: An extractor got no Welcome from the daemon in time.
+    JOIN_TIMEOUT = 4
+    #: An extractor lost the daemon (no message for the member timeout).
+    SOURCE_LOST = 5
+    #: An extractor could not hand observations to fusion for the send timeout.
+    FUSION_UNREACHABLE = 6
+    #: Interrupted by the user (Ctrl-C / SIGINT), as shells report 128 + SIGINT.
+    INTERRUPTED = 130
+    #: The reader of our standard output went away (``momentbus extract ... | head``), as shells
+    #: report 128 + SIGPIPE.
+    BROKEN_PIPE = 141
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT (once :meth:`install` ed) or by :meth:`set`; role loops poll
+    :meth:`is_set`, so no exception lands in the middle of a ZeroMQ call and every process
+    closes its sockets and ends its streams cleanly. Without :meth:`install` it is a plain
+    thread-safe flag: the library API uses it that way, off the main thread."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.signal: int | None = None
+
+    def install(self) -> StopFlag:
+        """Route SIGTERM and SIGINT to this flag (main thread only)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum: int, _frame: object) -> None:
+        self.signal = signum
+        self._event.set()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the flag; returns whether it is set."""
+        return self._event.wait(timeout_s)
+
+
+#: Environment variable through which a parent names itself to its role processes.
+PARENT_PID_ENV = "MOMENTBUS_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (no orphans after a crash).
+
+    ``PR_SET_PDEATHSIG`` (prctl(2)) fires when the *thread* that started this process exits;
+    the parent names its pid in ``MOMENTBUS_PARENT_PID`` so a parent that died before the
+    prctl took effect is noticed too.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        pass
+    parent = os.environ.get(PARENT_PID_ENV)
+    if parent and parent.isdigit() and os.getppid() != int(parent):
+        os.kill(os.getpid(), signal.SIGTERM)
