@@ -144,9 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="summary: print JSON instead of tables")
     p.add_argument("-o", "--output", default="timeline.png", help="plot: PNG path")
 
-    p = sub.add_parser("rules", help="rules tools")
-    p.add_argument("action", choices=["check"])
-    p.add_argument("file")
+    p = sub.add_parser("rules", help="check a rules file")
+    rules_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = rules_sub.add_parser(
+        "check", help="validate a rules file and list its rules",
+        description="Validate a rules TOML file (every key of every rule against what its kind "
+                    "takes) and list its rules; without FILE, the shipped default rules. A "
+                    "mistake is one line naming the file, the rule, the key and its line; exit 2.")
+    p.add_argument("file", nargs="?", help="rules TOML (default: the shipped default_rules.toml)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also print every rule's settings and parameters, defaults included")
     return parser
 
 
@@ -307,11 +314,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
-    from .fusion.rules import load_rules
+    from .fusion.rules import describe_spec, load_rules
 
-    specs = load_rules(args.file)
-    for s in specs:
-        print(f"ok  {s.name} ({s.kind})")
+    for spec in load_rules(args.file):
+        print(f"ok  {spec.name} ({spec.kind})" + (f": {describe_spec(spec)}" if args.verbose
+                                                  else ""))
     return ExitCode.OK
 
 

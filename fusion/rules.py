@@ -31,7 +31,7 @@ from .rule_kinds import (BUILTIN_KINDS, ExpressionSpike, FaceAppears, FaceLeaves
 __all__ = ["Rule", "RuleSpec", "RuleParams", "RulesError", "GateState", "Held", "Duration",
            "ExpressionSpike", "FaceAppears", "FaceLeaves", "HeadTurn", "HandWave", "GestureHold",
            "SpeechPhrase", "QualityGate", "RULE_KINDS", "rule_kinds", "parse_rules", "load_rules",
-           "build_rules", "describe_params"]
+           "build_rules", "describe_params", "describe_spec"]
 
 ENTRY_POINT_GROUP = "momentbus.rules"
 
@@ -141,13 +141,23 @@ def describe_params(cls: type[msgspec.Struct]) -> dict[str, str]:
     return {name: describe(hints[name]) for name in cls.__struct_fields__}
 
 
-def defaults_of(cls: type[msgspec.Struct]) -> dict[str, Any]:
-    """``key -> default`` of a parameter Struct (required keys left out)."""
-    out: dict[str, Any] = {}
-    for f in msgspec.structs.fields(cls):
-        if f.default is not msgspec.NODEFAULT:
-            out[f.name] = f.default
-    return out
+def _seconds(ns: int) -> str:
+    return f"{ns / 1e9:g}s"
+
+
+def describe_spec(spec: RuleSpec) -> str:
+    """A rule's settings and parameters as ``key=value`` pairs, defaults included."""
+    pairs = [("hold", _seconds(spec.hold_ns)), ("cooldown", _seconds(spec.cooldown_ns)),
+             ("pre_roll", _seconds(spec.pre_roll_ns)), ("post_roll", _seconds(spec.post_roll_ns)),
+             ("gated", str(spec.gated).lower())]
+    params = spec.params
+    if isinstance(params, msgspec.Struct):
+        for name in params.__struct_fields__:
+            value = getattr(params, name)
+            text = _seconds(value) if isinstance(value, Duration) else \
+                "unset" if value is None else str(value)
+            pairs.append((name, text))
+    return " ".join(f"{k}={v}" for k, v in pairs)
 
 
 # ---------------------------------------------------------------------------- errors
@@ -172,9 +182,7 @@ def _explain(err: msgspec.ValidationError, cls: type[msgspec.Struct], kind: str,
 
     if (u := _UNKNOWN.match(detail)):
         k = u.group(1)
-        own = ", ".join(n for n in takes if n not in COMMON_KEYS) or "no parameters of its own"
-        return (f"unknown key {k!r} ({line_of(k)}); {kind} takes {own}, and every rule takes "
-                f"{', '.join(COMMON_KEYS)}")
+        return f"unknown key {k!r} ({line_of(k)})"
     if (missing := _MISSING.match(detail)):
         k = missing.group(1)
         return f"{k} is required: {takes.get(k, 'a value')}"
@@ -182,6 +190,17 @@ def _explain(err: msgspec.ValidationError, cls: type[msgspec.Struct], kind: str,
         value = table.get(key)
         return f"{key} must be {takes[key]} (got {value!r}, {line_of(key)})"
     return detail  # a rule of the kind itself (e.g. "min_hz must be below max_hz")
+
+
+def _unknown_keys(keys: list[str], cls: type[Rule], block: _Block | None) -> str:
+    """``unknown key 'x' (line 4), 'y' (line 5); KIND takes ..., and every rule takes ...``."""
+    def where(k: str) -> str:
+        line = block.keys.get(k) if block else None
+        return f"{k!r} (line {line if line else '?'})"
+
+    own = ", ".join(cls.Params.__struct_fields__) or "no parameters of its own"
+    return (f"unknown key{'s' if len(keys) > 1 else ''} {', '.join(where(k) for k in keys)}; "
+            f"{cls.kind} takes {own}, and every rule takes {', '.join(COMMON_KEYS)}")
 
 
 # ---------------------------------------------------------------------------- loading
@@ -226,6 +245,10 @@ def parse_rules(text: str, origin: str = "<rules>") -> list[RuleSpec]:
         if not isinstance(kind, str) or kind not in kinds:
             raise RulesError(f"{where}: unknown kind {kind!r} (known: {', '.join(sorted(kinds))})")
         cls = kinds[kind]
+        unknown = [k for k in table
+                   if k not in COMMON_KEYS and k not in cls.Params.__struct_fields__]
+        if unknown:
+            raise RulesError(f"{where}: {_unknown_keys(unknown, cls, block)}")
         common = {k: v for k, v in table.items() if k in COMMON_KEYS}
         params = {k: v for k, v in table.items() if k not in COMMON_KEYS}
         try:
