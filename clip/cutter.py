@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import av
 
@@ -44,15 +44,29 @@ def safe_name(text: str, limit: int = 48) -> str:
 
 
 def clip_name(index: int, trig: Trig) -> str:
-    return f"{index:03d}_{safe_name(trig.rule)}_{trig.t_event_ns / 1e9:08.3f}s".replace(".", "_", 1)
+    name = f"{index:03d}_{safe_name(trig.rule)}_{trig.t_event_ns / 1e9:08.3f}s"
+    return name.replace(".", "_", 1)
+
+
+class Cut(NamedTuple):
+    """What :func:`cut_copy` wrote, on the source clock: the keyframe the clip starts at, the
+    end of its last shown frame, and the packets; ``trailing_frames`` are reference frames that
+    B-frames in the window needed, shown after it following a gap of a frame or two."""
+
+    start_ns: int
+    end_ns: int
+    video_packets: int
+    audio_packets: int
+    trailing_frames: int
 
 
 def cut_copy(source: str | os.PathLike[str], start_ns: int, end_ns: int,
-             dest: str | os.PathLike[str], audio_only: bool = False) -> tuple[int, int, int, int]:
+             dest: str | os.PathLike[str], audio_only: bool = False) -> Cut:
     """Remux ``[start_ns, end_ns]`` of ``source`` into ``dest`` (MP4) without re-encoding.
 
-    Returns ``(actual_start_ns, actual_end_ns, video_packets, audio_packets)`` on the source
-    clock: the keyframe the clip starts at and the end of its last video frame.
+    Video packets are taken in decode order from the keyframe at or before ``start_ns`` while
+    their dts is at or before ``end_ns``: every frame shown in the window is in the clip with
+    every frame it references.
 
     Raises:
         ClipError: no video packet in the window, or the source cannot be read.
@@ -77,9 +91,10 @@ def cut_copy(source: str | os.PathLike[str], start_ns: int, end_ns: int,
             ovideo = out.add_stream_from_template(video)
             oaudio = out.add_stream_from_template(audio) if audio is not None else None
             origin_ns: int | None = None
-            actual_end = 0
+            shown: list[tuple[int, int]] = []  # (pts, duration) ns of every video frame cut
             nv = na = 0
             video_done = False
+            frame_ns = _frame_ns(video)
             streams = [video] + ([audio] if audio is not None else [])
             for packet in inp.demux(streams):
                 if packet.dts is None or packet.pts is None:
@@ -87,17 +102,21 @@ def cut_copy(source: str | os.PathLike[str], start_ns: int, end_ns: int,
                 tb = Fraction(packet.time_base)
                 t = pts_to_ns(packet.pts, tb)
                 if packet.stream is video:
+                    if video_done:
+                        continue
                     if origin_ns is None:
                         if not packet.is_keyframe:
                             continue
                         origin_ns = t
-                    if t > end_ns:
+                    # decode order: every frame shown at or before end_ns has its dts at or
+                    # before end_ns, and so has every frame it references (B-frames)
+                    if pts_to_ns(packet.dts, tb) > end_ns:
                         video_done = True
                         if audio is None:
                             break
                         continue
-                    dur = pts_to_ns(packet.duration or 0, tb)
-                    actual_end = max(actual_end, t + dur)
+                    shown.append((t, pts_to_ns(packet.duration, tb) if packet.duration
+                                  else frame_ns))
                     _rebase(packet, origin_ns, tb)
                     packet.stream = ovideo
                     out.mux(packet)
@@ -113,7 +132,8 @@ def cut_copy(source: str | os.PathLike[str], start_ns: int, end_ns: int,
                     packet.stream = oaudio
                     out.mux(packet)
                     na += 1
-            if nv == 0 or origin_ns is None:
+            actual_end, trailing = _covered_until(shown)
+            if nv == 0 or origin_ns is None or actual_end <= start_ns:
                 raise ClipError(f"no video in [{start_ns / 1e9:.3f}, {end_ns / 1e9:.3f}] s")
         finally:
             out.close()
@@ -123,7 +143,33 @@ def cut_copy(source: str | os.PathLike[str], start_ns: int, end_ns: int,
     finally:
         inp.close()
     os.replace(tmp, dest)
-    return origin_ns, actual_end, nv, na
+    return Cut(origin_ns, actual_end, nv, na, trailing)
+
+
+def _covered_until(shown: list[tuple[int, int]]) -> tuple[int, int]:
+    """(end of the last frame shown, frames shown after a gap).
+
+    Cutting on dts keeps every frame a shown one references; with B-frames that can include a
+    reference frame presented after the window, after a gap of frames that were not needed
+    (the player holds the previous frame). Those trailing frames are counted.
+    """
+    frames = sorted(shown)
+    if not frames:
+        return 0, 0
+    end = frames[0][0] + frames[0][1]
+    trailing = 0
+    for pts, dur in frames[1:]:
+        if trailing or pts > end + dur // 2:  # after a gap of at least half a frame
+            trailing += 1
+        end = max(end, pts + dur)
+    return end, trailing
+
+
+def _frame_ns(stream: av.stream.Stream) -> int:
+    """One frame's duration (ns) from the stream's average rate, for packets that carry none
+    (1/25 s if the container does not say; an audio stream's packets carry their own)."""
+    rate = getattr(stream, "average_rate", None) or getattr(stream, "guessed_rate", None)
+    return pts_to_ns(1, 1 / Fraction(rate)) if rate else 40_000_000
 
 
 def _rebase(packet: av.Packet, origin_ns: int, tb: Fraction) -> None:
@@ -149,27 +195,29 @@ def write_clip(source: str, trig: Trig, clips_dir: str | os.PathLike[str], index
                                    and trig.t_start_ns >= video_end_ns)
     dest = clips / f"{name}.{'mka' if audio_only else 'mp4'}"
     try:
-        a0, a1, nv, na = cut_copy(source, trig.t_start_ns, end if audio_only else
-                                  min(end, video_end_ns or end), dest, audio_only=audio_only)
+        cut = cut_copy(source, trig.t_start_ns, end if audio_only else
+                       min(end, video_end_ns or end), dest, audio_only=audio_only)
     except ClipError:
         if audio_only or not has_audio:
             raise
         # the container did not say where its video ends (Matroska): no video in the window
         audio_only = True
         dest = clips / f"{name}.mka"
-        a0, a1, nv, na = cut_copy(source, trig.t_start_ns, end, dest, audio_only=True)
+        cut = cut_copy(source, trig.t_start_ns, end, dest, audio_only=True)
     sidecar = clips / f"{name}.json"
     meta: dict[str, Any] = {
         "clip": dest.name, "source": str(source), "mode": "copy", "audio_only": audio_only,
         "requested": {"t_start_ns": trig.t_start_ns, "t_end_ns": trig.t_end_ns},
-        "actual": {"t_start_ns": a0, "t_end_ns": a1},
-        "video_packets": nv, "audio_packets": na,
+        "actual": {"t_start_ns": cut.start_ns, "t_end_ns": cut.end_ns},
+        "video_packets": cut.video_packets, "audio_packets": cut.audio_packets,
+        "trailing_frames": cut.trailing_frames,
         "trig": to_json_dict(trig),
     }
     tmp = sidecar.with_name(f".{sidecar.name}.part")
     tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     os.replace(tmp, sidecar)
-    return ClipResult(dest, sidecar, trig.t_start_ns, trig.t_end_ns, a0, a1, nv, na)
+    return ClipResult(dest, sidecar, trig.t_start_ns, trig.t_end_ns, cut.start_ns, cut.end_ns,
+                      cut.video_packets, cut.audio_packets)
 
 
 def probe_streams(source: str | os.PathLike[str]) -> tuple[bool, int | None, bool]:
