@@ -500,7 +500,14 @@ class FrameBusClient:
                                component="daemon", last_seq=-1, t_end_ns=0, reason="source_lost")
                 return None
             self._last_heard = self._now()
-            if isinstance(msg, (Frame, AudioChunk, Eof)):
+            if isinstance(msg, (Frame, AudioChunk)):
+                if self.welcome is not None and msg.source_id != self.welcome.source_id:
+                    self.inbox._count(DecodeError(f"{type(msg).__name__} of source "
+                                                  f"{msg.source_id[:64]!r}, not "
+                                                  f"{self.welcome.source_id!r}"))
+                    continue
+                return msg
+            if isinstance(msg, Eof):
                 return msg
             # Heartbeat / duplicate Welcome: liveness only
 

@@ -318,3 +318,30 @@ def test_cross_host_path_over_tcp_with_raw_and_jpeg_payloads():
         assert [f["seq"] for f in m.frames] == list(range(20))
         assert {f["encoding"] for f in m.frames} == {enc}
         assert all(f["pixels_ok"] for f in m.frames)
+
+
+def test_a_client_drops_frames_of_another_source(addr):
+    """Frames and audio must be of the source the Welcome named: anything else is counted as a
+    bad message and never handed to the extractor."""
+    import zmq
+
+    from momentbus.ipc import sockets
+    from momentbus.ipc.framebus import FrameBusClient
+    from momentbus.ipc.schema import Hello, Welcome
+
+    with sockets.bind(zmq.ROUTER, addr("frames")) as router, \
+            FrameBusClient(addr("frames"), Hello(component="c", group="g", pid=1)) as client:
+        sockets.send(client.sock, client.hello)
+        identity, hello = sockets.recv(router, router=True)
+        assert isinstance(hello, Hello)
+        welcome = Welcome(source_id="synthetic", width=W, height=H, time_base=TB,
+                          duration_ns=None, live=False)
+        sockets.send(router, welcome, identity=identity)
+        client.welcome = welcome
+        from msgspec.structs import replace
+
+        sockets.send(router, replace(frame(1), source_id="impostor"), identity=identity)
+        sockets.send(router, frame(2), identity=identity)
+        got = client.recv(5000)
+        assert got is not None and got.seq == 2
+        assert client.bad_messages == 1
