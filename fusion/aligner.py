@@ -6,7 +6,7 @@ Inputs are the messages extractor members send: :meth:`Aligner.on_join` (Hello),
 :class:`Output` with what became final: fired TRIGs, late observations, sync delays and membership
 changes. No sockets, no clocks inside: the fusion process does the I/O.
 
-Semantics (DESIGN.md "Fusion"):
+Semantics (README, "Fusion semantics"):
 
 * A **member** (one extractor process) promises with its watermark that nothing more will come
   from it at or before ``t_ns``; every Obs carries the member's watermark. A **group**'s watermark

@@ -481,7 +481,7 @@ def test_trig_fired_while_a_group_is_absent_lists_it_missing() -> None:
 def test_rejoined_sole_member_is_not_treated_as_late() -> None:
     """A group's only member stalls past idle_timeout, then resumes: its new data counts.
 
-    DESIGN.md: a silent group "is marked absent ... When it returns, it rejoins."
+    README, Fusion semantics: a silent group is absent "... it rejoins when it speaks again."
     """
     rec = Recorder("rec", ("face",))
     al = Aligner([rec], ["face"], idle_timeout_ns=2 * S)

@@ -131,6 +131,10 @@ def test_every_delivers_every_sampled_frame_once_in_order_to_each_group(server, 
         seqs = [f["seq"] for f in m.frames]
         assert seqs == sorted(seqs) and seqs, "each member sees its share in order"
     assert not [r for r in server.records if r[0] == "frame_drop"]
+    # verbose tracing: one dispatch record per item sent, never past the member's credit
+    dispatched = [kw for r, kw in server.records if r == "dispatch"]
+    assert [d["seq"] for d in dispatched if d["group"] == "all"] == list(range(n))
+    assert all(d["credit"] >= 0 for d in dispatched)
 
 
 def test_every_backpressure_bounds_the_queue(server, addr):

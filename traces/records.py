@@ -13,7 +13,8 @@ from enum import IntEnum
 class Level(IntEnum):
     """How much a process traces. ``minimal``: errors, drops, membership, triggers, clips;
     ``normal``: plus one ``timing`` record per processed frame and ``sync_delay``; ``verbose``:
-    plus bus-level detail (credits, per-frame dispatch)."""
+    plus one ``dispatch`` record per item the frame bus sends a member (group, member, seq, the
+    member's credit left)."""
 
     off = 0
     minimal = 1
@@ -25,7 +26,8 @@ class Level(IntEnum):
         try:
             return cls[text.lower()]
         except KeyError:
-            raise ValueError(f"unknown trace level {text!r} (off, minimal, normal, verbose)") from None
+            raise ValueError(f"unknown trace level {text!r} "
+                             "(off, minimal, normal, verbose)") from None
 
 
 #: Minimum level at which each record type is written.
@@ -42,6 +44,5 @@ RECORD_LEVELS: dict[str, Level] = {
     "summary": Level.minimal,
     "timing": Level.normal,
     "sync_delay": Level.normal,
-    "progress": Level.normal,
     "dispatch": Level.verbose,
 }
