@@ -44,7 +44,10 @@ def safe_name(text: str, limit: int = 48) -> str:
 
 
 def clip_name(index: int, trig: Trig) -> str:
-    name = f"{index:03d}_{safe_name(trig.rule)}_{trig.t_event_ns / 1e9:08.3f}s"
+    """``NNN_RULE_SSSS_mmms``: the trigger's ordinal (``trig.index`` when fusion assigned one,
+    else ``index``), its sanitised rule and its onset: derived from the TRIG alone, so cutting
+    the same TRIG again names the same clip."""
+    name = f"{trig.index or index:03d}_{safe_name(trig.rule)}_{trig.t_event_ns / 1e9:08.3f}s"
     return name.replace(".", "_", 1)
 
 

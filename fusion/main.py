@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
+from msgspec.structs import replace
 
 from ..ipc import sockets
 from ..ipc.schema import Eof, Heartbeat, Hello, Message, Obs, Watermark, to_json_dict
@@ -75,6 +76,7 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
         nonlocal fired
         for trig in out.trigs:
             fired += 1
+            trig = replace(trig, index=fired)
             record = to_json_dict(trig)
             triggers.write(json.dumps(record, separators=(",", ":")) + "\n")
             tracer.emit("trigger", **{k: v for k, v in record.items() if k != "source_id"})

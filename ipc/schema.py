@@ -321,6 +321,9 @@ class Trig(Message, frozen=True, kw_only=True):
     rule: Name
     rule_kind: ShortText
     source_id: Name
+    #: The trigger's ordinal in its run (1, 2, ...), assigned by fusion in event-time order of
+    #: release; deterministic, so a clip named from it is the same clip after any restart.
+    index: Annotated[int, Meta(ge=0, le=1 << 32)] = 0
     t_event_ns: TimeNs
     t_start_ns: TimeNs
     t_end_ns: TimeNs
