@@ -71,6 +71,12 @@ class Message(Struct, frozen=True, kw_only=True, tag_field="v", tag=SCHEMA_VERSI
 class Hello(Message, frozen=True, kw_only=True):
     """A frame-bus client announces itself (DEALER -> ROUTER), or a member joins fusion.
 
+    A member is ``(group, instance, incarnation)``: ``instance`` numbers the processes of one
+    group (``extractor:GROUP#INSTANCE``), ``incarnation`` one run of that process (its start
+    time, ns: a restarted process is a newer incarnation of the same instance). To the frame bus
+    a Hello also means "start my session afresh: I hold no item"; ``last_seq`` is the highest
+    seq this process finished (-1: none), so a restarted daemon need not resend it.
+
     ``policy``: ``every`` (lossless, in order, backpressure on the source) or ``latest`` (newest
     frame on credit, skipped seqs reported as drops). ``fps``: the group's wanted sampling rate
     (``None``: every frame). ``encoding``: how the member wants pixels.
@@ -80,6 +86,9 @@ class Hello(Message, frozen=True, kw_only=True):
     component: Component
     group: Name
     pid: NonNegInt
+    instance: Annotated[int, Meta(ge=1, le=1024)] = 1
+    incarnation: NonNegInt = 0
+    last_seq: Annotated[int, Meta(ge=-1, le=1 << 62)] = -1
     policy: Policy = "every"
     fps: Fps | None = None
     encoding: Encoding = "raw"
@@ -98,6 +107,24 @@ class Welcome(Message, frozen=True, kw_only=True):
     time_base: Fraction
     duration_ns: NonNegInt | None
     live: bool
+
+
+class Rejoin(Message, frozen=True, kw_only=True):
+    """The daemon does not know the sender (it restarted, or dropped the member after a
+    silence): send :class:`Hello` again."""
+
+    KIND: ClassVar[bytes] = b"rejoin"
+    reason: ShortText = ""
+
+
+class Ack(Message, frozen=True, kw_only=True):
+    """A reliable link's receiver has durably handled every message of the sender's current
+    incarnation up to ``rseq``; ``incarnation`` is the *receiver's* (a new one tells the sender
+    to resend everything not acknowledged). See :mod:`momentbus.ipc.reliable`."""
+
+    KIND: ClassVar[bytes] = b"ack"
+    rseq: NonNegInt
+    incarnation: NonNegInt
 
 
 class Credit(Message, frozen=True, kw_only=True):
@@ -362,8 +389,8 @@ class TraceRecord(Message, frozen=True, kw_only=True):
 # ---------------------------------------------------------------------------- codec
 
 MESSAGE_TYPES: Final[dict[bytes, type[Message]]] = {
-    cls.KIND: cls for cls in (Hello, Welcome, Credit, Heartbeat, Frame, AudioChunk, Watermark,
-                              Obs, Trig, Eof, TraceRecord)}
+    cls.KIND: cls for cls in (Hello, Welcome, Rejoin, Credit, Heartbeat, Frame, AudioChunk,
+                              Watermark, Obs, Trig, Eof, TraceRecord, Ack)}
 
 
 def _enc_hook(obj: Any) -> Any:

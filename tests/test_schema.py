@@ -15,6 +15,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
 
+from momentbus.ipc import schema
+
 from momentbus.ipc.errors import (
     DecodeError,
     IpcError,
@@ -134,12 +136,15 @@ def header_messages() -> list[Message]:
     """One valid instance of every message class (payload-carrying ones included)."""
     return [
         Hello(component="extractor:face#1", group="face", pid=4242, policy="latest", fps=7.5,
-              encoding="jpeg", streams=["video", "audio"]),
+              encoding="jpeg", streams=["video", "audio"], instance=2,
+              incarnation=1_763_700_000_123_456_789, last_seq=1041),
         Welcome(source_id="cam0", width=1920, height=1080, time_base=Fraction(1001, 30000),
                 duration_ns=None, live=True),
         Welcome(source_id="file0", width=640, height=360, time_base=Fraction(1, 90000),
                 duration_ns=12_000_000_000, live=False),
         Credit(n=16),
+        schema.Rejoin(reason="unknown member"),
+        schema.Ack(rseq=41, incarnation=1_763_700_000_000_000_000),
         Heartbeat(component="fusion", wall_ns=1_700_000_000_123_456_789),
         bgr_frame()[0],
         audio_chunk()[0],
