@@ -20,13 +20,19 @@ Semantics (README, "Fusion semantics"):
 * An observation at or before its member's watermark, or at or before what its rules already
   consumed, is **late**: reported, counted, never reordered into emitted results.
 * Watermarks never regress (a lower one is ignored).
-* A member silent for ``idle_timeout`` (wall clock) is **absent**: it stops holding back
-  watermarks, and returns when it speaks again.
+* An observation that repeats one already received for the group (same seq and ``t_ns``: a frame
+  processed again after a restart or a rejoin) is a **duplicate**: counted, dropped, never late.
+* A member silent for ``idle_timeout`` (wall clock) is traced ``idle``. On a live source it is
+  also **absent**: it stops holding back watermarks, and returns when it speaks again. On a file
+  (:meth:`Aligner.on_source` with ``live=False``) it keeps holding its group back, since nothing
+  is lost by waiting, until it speaks again or is declared **lost** (:meth:`Aligner.on_lost`:
+  its frames went to others or nobody); a lost member's group is listed as missing.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +54,9 @@ DEFAULT_FUTURE_GUARD_NS = 60_000_000_000
 #: An expected group that no member joined within this long is marked absent (model loading
 #: takes 1-3 s here; 60 s leaves room for a slow disk or a first import).
 DEFAULT_JOIN_TIMEOUT_NS = 60_000_000_000
+#: Observations remembered per group to recognise a duplicate: a repeat comes at most a rejoin
+#: grace after the original (15 s: 375 frames at 25 fps); 8192 is 5 min of 25 fps.
+DEDUP_WINDOW = 8192
 
 
 @dataclass
@@ -76,6 +85,8 @@ class _Member:
     last_seen_ns: int = 0
     absent: bool = False
     ended: bool = False
+    silent: bool = False  # traced idle (on a file it still holds its group back)
+    lost: bool = False  # declared lost by the daemon: its frames went to others
     latest_ns: int = NEG_INF  # the latest event time this member has shown (obs or watermark)
 
 
@@ -120,6 +131,10 @@ class Aligner:
         self.obs_count = 0
         self.trig_count = 0
         self.source_ended = False
+        self.duplicate_count = 0
+        #: a silent member keeps holding its group back (files) instead of going absent (live)
+        self.hold_silent = False
+        self._received: dict[str, OrderedDict[tuple[int, int], None]] = {}
         self._readers_cache: dict[str, tuple[frozenset[str], int]] = {}
 
     # ------------------------------------------------------------------ watermarks
@@ -161,11 +176,43 @@ class Aligner:
     def _seen(self, member: _Member, now_ns: int) -> Output:
         out = Output()
         member.last_seen_ns = max(member.last_seen_ns, now_ns)
-        if member.absent and not member.ended:
-            member.absent = False
+        if (member.absent or member.silent) and not member.ended:
+            member.absent = member.silent = False
             out.members.append({"event": "rejoin", "member": member.component,
                                 "group": member.group})
         return out
+
+    def on_source(self, live: bool, now_ns: int) -> Output:
+        """What the source is (the daemon's Welcome): on a file a silent member keeps holding
+        its group back; on a live source it goes absent after the idle timeout."""
+        self.hold_silent = not live
+        return Output()
+
+    def on_lost(self, component: str, group: str, now_ns: int) -> Output:
+        """The daemon gave up waiting for this member (its frames went to others or nobody):
+        it holds nothing back any more and its group is missing while it has no other member."""
+        member = self.members.get(component)
+        if member is None:
+            member = _Member(component, group, last_seen_ns=now_ns)
+            self.members[component] = member
+        out = Output()
+        if member.ended or member.lost:
+            return out
+        member.lost = member.absent = True
+        out.members.append({"event": "lost", "member": component, "group": group})
+        out.extend(self._release(now_ns))
+        return out
+
+    def _duplicate(self, obs: Obs) -> bool:
+        """Seen this (seq, t_ns) of the group before? Remember it if not."""
+        seen = self._received.setdefault(obs.group, OrderedDict())
+        key = (obs.seq, obs.t_ns)
+        if key in seen:
+            return True
+        seen[key] = None
+        if len(seen) > DEDUP_WINDOW:
+            seen.popitem(last=False)
+        return False
 
     def on_heartbeat(self, component: str, now_ns: int) -> Output:
         member = self.members.get(component)
@@ -202,6 +249,11 @@ class Aligner:
     def on_obs(self, obs: Obs, now_ns: int) -> Output:
         member, out = self._member(obs.component, obs.group, now_ns)
         self.obs_count += 1
+        if self._duplicate(obs):
+            self.duplicate_count += 1
+            self._advance(member, obs.watermark_ns)
+            out.extend(self._release(now_ns))
+            return out
         ref = self._in_future(member, max(obs.t_ns, obs.watermark_ns))
         if ref is not None:
             out.extend(self._reject(member, "obs", max(obs.t_ns, obs.watermark_ns), ref, obs.seq))
@@ -257,11 +309,12 @@ class Aligner:
         """Liveness: mark silent members absent, expected groups nobody joined absent."""
         out = Output()
         for member in self.members.values():
-            if (not member.absent and not member.ended
+            if (not member.absent and not member.silent and not member.ended
                     and now_ns - member.last_seen_ns > self.idle_timeout_ns):
-                member.absent = True
+                member.silent = True
+                member.absent = not self.hold_silent
                 out.members.append({"event": "idle", "member": member.component,
-                                    "group": member.group,
+                                    "group": member.group, "holding": self.hold_silent,
                                     "silent_ms": round((now_ns - member.last_seen_ns) / 1e6)})
         if now_ns - self.start_ns > self.join_timeout_ns:
             for group in self.expected:

@@ -719,3 +719,74 @@ def test_expression_spike_ignores_faces_without_a_score_or_track() -> None:
     assert rule.on_obs(obs) == []
     assert rule.tracks == {}
     assert rule.on_obs(quality("q", 0, 0)) == []
+
+
+# ---------------------------------------------------------------------------- nothing lost
+
+
+def test_a_repeated_observation_is_a_duplicate_not_late() -> None:
+    """A frame processed again (a restarted or rejoining member) repeats its seq and t_ns."""
+    rec = Recorder("rec", ("face",))
+    al = Aligner([rec], ["face"])
+    al.on_join("extractor:face#1", "face", 0)
+    al.on_obs(face("extractor:face#1", 5, 500), 1)
+    out = al.on_obs(face("extractor:face#1", 5, 500), 2)  # the same frame, again
+    assert out.late == [] and al.duplicate_count == 1
+    out = al.on_obs(face("extractor:face#2", 5, 500), 3)  # another member of the group, again
+    assert out.late == [] and al.duplicate_count == 2
+    al.finish(4)
+    assert rec.times() == [500], "the rule sees it once"
+
+
+def test_on_a_file_a_silent_member_keeps_holding_its_group_until_it_speaks() -> None:
+    rec = Recorder("rec", ("face", "quality"))
+    al = Aligner([rec], ["face", "quality"], idle_timeout_ns=2 * S)
+    al.on_source(live=False, now_ns=0)
+    al.on_join("f", "face", 0)
+    al.on_join("q", "quality", 0)
+    al.on_obs(face("f", 0, 0), 0)
+    for i in range(1, 40):  # quality goes on for 4 s of event time while face is stopped
+        al.on_obs(quality("q", i, i * 100 * MS), 4 * S + i * 100 * MS)
+    out = al.on_tick(8 * S)  # face silent for 8 s of wall time, quality heard 0.1 s ago
+    assert [(m["event"], m["holding"]) for m in out.members] == [("idle", True)]
+    assert rec.times() == [0], "nothing past face's watermark is released"
+    for i in range(1, 40):  # SIGCONT: face catches up
+        out = al.on_obs(face("f", i, i * 100 * MS), 9 * S)
+        assert out.late == []
+    assert [m["event"] for m in al.on_tick(9 * S).members] == []
+    assert al.late_count == 0
+    assert rec.keys() == sorted(rec.keys())
+    al.finish(10 * S)
+    assert len(rec.times()) == 40 + 39, "every observation of both groups, once, in order"
+
+
+def test_on_a_live_source_a_silent_member_goes_absent() -> None:
+    rec = Recorder("rec", ("face", "quality"))
+    al = Aligner([rec], ["face", "quality"], idle_timeout_ns=2 * S)
+    al.on_source(live=True, now_ns=0)
+    al.on_join("f", "face", 0)
+    al.on_join("q", "quality", 0)
+    al.on_obs(quality("q", 0, 100 * MS), 0)
+    al.on_heartbeat("q", 2 * S)
+    out = al.on_tick(3 * S)
+    assert [(m["event"], m["member"], m["holding"]) for m in out.members] == \
+        [("idle", "f", False)]
+    assert rec.times() == [100 * MS], "released without the absent group"
+
+
+def test_a_lost_member_stops_holding_and_its_group_is_missing() -> None:
+    rec = Recorder("rec", ("face", "quality"), fire=True)
+    al = Aligner([rec], ["face", "quality"], idle_timeout_ns=2 * S)
+    al.on_source(live=False, now_ns=0)
+    al.on_join("f", "face", 0)
+    al.on_join("q", "quality", 0)
+    al.on_obs(face("f", 0, 100 * MS), 0)
+    al.on_tick(5 * S)  # quality silent: idle, still holding
+    assert rec.times() == []
+    out = al.on_lost("q", "quality", 20 * S)
+    assert [m["event"] for m in out.members] == ["lost"]
+    assert rec.times() == [100 * MS]
+    assert out.trigs and out.trigs[0].missing == ["quality"]
+    al.on_source_eof(21 * S)
+    al.on_eof("f", "face", 21 * S)
+    assert al.done()

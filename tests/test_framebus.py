@@ -33,9 +33,11 @@ class Member:
     """A bus_client.py process and a thread turning its stdout lines into a queue."""
 
     def __init__(self, address: str, group: str, policy: str = "every", fps: str = "none",
-                 credits: int = 2, mode: str = "fast", encoding: str = "raw") -> None:
+                 credits: int = 2, mode: str = "fast", encoding: str = "raw",
+                 instance: int = 1) -> None:
         self.proc = subprocess.Popen([sys.executable, CLIENT, address, group, policy, fps,
-                                      str(credits), mode, encoding], stdin=subprocess.PIPE,
+                                      str(credits), mode, encoding, str(instance)],
+                                     stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         self.events: queue.Queue[dict] = queue.Queue()
         self.frames: list[dict] = []
@@ -104,7 +106,8 @@ def test_every_delivers_every_sampled_frame_once_in_order_to_each_group(server, 
     n = 60
     all_frames = Member(addr("frames"), "all")
     sampled = Member(addr("frames"), "sampled", fps="10")  # every 3rd frame of 30 fps
-    pair = [Member(addr("frames"), "shared"), Member(addr("frames"), "shared")]
+    pair = [Member(addr("frames"), "shared", instance=1),
+            Member(addr("frames"), "shared", instance=2)]
     members = [all_frames, sampled, *pair]
     try:
         missing = server.wait_for_groups(["all", "sampled", "shared"], TIMEOUT_S)
