@@ -501,7 +501,7 @@ class FrameBusServer:
                 if pins is not None and not pins:
                     del group.pinned[member.instance]
             while group.queue:
-                member = self._next_member(group)
+                member = self._next_member(group, group.queue[0].seq)
                 if member is None:
                     break
                 item = group.queue.popleft()
@@ -516,11 +516,15 @@ class FrameBusServer:
         if len(self._jpeg_cache) > 64:
             self._jpeg_cache.clear()
 
-    def _next_member(self, group: _Group) -> _Member | None:
+    def _next_member(self, group: _Group, seq: int) -> _Member | None:
+        """Round robin over members with credit that have not passed ``seq`` (an item sent
+        again after a restart goes only to a member still before it, so every member sees its
+        items in order); ``None`` while those are busy."""
         n = len(group.members)
+        eligible = [m for m in group.members if m.last_seq < seq] or group.members
         for i in range(n):
             member = group.members[(group.rr + i) % n]
-            if member.credit > 0 and not group.pinned.get(member.instance):
+            if member.credit > 0 and member in eligible and not group.pinned.get(member.instance):
                 group.rr = (group.rr + i + 1) % n
                 return member
         return None
