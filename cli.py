@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--rules", help="trigger rules TOML (default: the shipped default_rules.toml)")
     p.add_argument("--extractors", default="face,quality",
-                   help="comma-separated kinds: face, pose, gesture, quality, speech "
-                        "(default: face,quality)")
+                   help="comma-separated kinds: face, pose, gesture, quality, speech; KIND:N "
+                        "starts N processes of a kind that share its frames (default: "
+                        "face,quality)")
     p.add_argument("--fps", type=_fps, default=10.0,
                    help="analysis frames per second per extractor (default: 10)")
     p.add_argument("--restart-budget", type=int, default=3,
@@ -77,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=120.0,
                    help="seconds to wait for the expected groups (default: 120)")
     p.add_argument("--realtime", action="store_true", help="pace the file at its own frame rate")
+    p.add_argument("--state", metavar="FILE",
+                   help="keep the resume point here: restarted with the same FILE, the daemon "
+                        "starts where every group had acknowledged (default: start over, and "
+                        "send nobody what it reports done)")
     p.add_argument("--audio-only", action="store_true",
                    help="accept a file without video (only audio extractors will attach)")
     _common(p)
@@ -87,7 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", required=True, metavar="ADDR", help="fusion's address")
     p.add_argument("--backend", help="backend name (default per kind)")
     p.add_argument("--group", help="group name (default: the kind); same group = load balancing")
-    p.add_argument("--index", type=int, default=1, help="member number within the group")
+    p.add_argument("--instance", "--index", dest="instance", type=int, default=1,
+                   help="this process's number within its group (1, 2, ...: run several "
+                        "instances of one kind to share its frames; a restart keeps its number)")
+    p.add_argument("--daemon-timeout", type=float, default=300.0, metavar="S",
+                   help="give up after this long without a word from the daemon (default: 300; "
+                        "shorter silences are a restarting daemon: it is rejoined)")
     p.add_argument("--fps", type=_fps, help="sampling rate (default: every frame)")
     p.add_argument("--policy", choices=["every", "latest"], default="every",
                    help="every: lossless, in order (files); latest: newest frame (live)")
@@ -109,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of silence before a member is absent (default: 2)")
     p.add_argument("--save-obs", action="store_true",
                    help="write every observation received to OUT/obs.jsonl")
+    p.add_argument("--resume", action="store_true",
+                   help="a restart: replay OUT/fusion.wal (rule state and triggers come out as "
+                        "before) and append to OUT/triggers.jsonl; without it both start afresh")
     _common(p)
 
     p = sub.add_parser("clip", help="cut clips for incoming triggers")
@@ -195,7 +208,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     with _tracer(args, "daemon") as tracer:
         return run(DaemonConfig(args.source, args.bind, args.fusion, _groups(args.expect),
                                 args.wait, realtime=args.realtime,
-                                require_video=not args.audio_only), tracer, StopFlag().install())
+                                require_video=not args.audio_only, state=args.state), tracer,
+                   StopFlag().install())
 
 
 @_role
@@ -205,8 +219,9 @@ def cmd_extractor(args: argparse.Namespace) -> int:
     from .lifecycle import StopFlag
 
     stop = StopFlag().install()
-    cfg = RunnerConfig(args.kind, args.daemon, args.fusion, args.backend, args.group, args.index,
-                       args.fps, args.policy, args.encoding)
+    cfg = RunnerConfig(args.kind, args.daemon, args.fusion, args.backend, args.group,
+                       args.instance, args.fps, args.policy, args.encoding,
+                       daemon_timeout_s=args.daemon_timeout)
     extractor = build(args.kind, args.backend)  # load the model before joining: ready = loaded
     with _tracer(args, cfg.component) as tracer:
         return run(cfg, tracer, stop, extractor)
@@ -221,8 +236,8 @@ def cmd_fusion(args: argparse.Namespace) -> int:
     specs = load_rules(args.rules)
     with _tracer(args, "fusion") as tracer:
         return run(FusionConfig(args.bind, args.out, args.clip, _groups(args.expect),
-                                int(args.idle_timeout * 1e9), save_obs=args.save_obs), specs,
-                   tracer, StopFlag().install())
+                                int(args.idle_timeout * 1e9), save_obs=args.save_obs,
+                                resume=args.resume), specs, tracer, StopFlag().install())
 
 
 @_role

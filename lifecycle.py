@@ -31,6 +31,9 @@ class ExitCode(IntEnum):
     SOURCE_LOST = 5
     #: An extractor could not hand observations to fusion for the send timeout.
     FUSION_UNREACHABLE = 6
+    #: A newer incarnation of this extractor (same group and instance) joined the daemon: this
+    #: process was replaced (a restart raced a stalled original that woke up).
+    SUPERSEDED = 9
     #: Interrupted by the user (Ctrl-C / SIGINT), as shells report 128 + SIGINT.
     INTERRUPTED = 130
     #: The reader of our standard output went away (``momentbus extract ... | head``), as shells

@@ -142,6 +142,33 @@ def run_file(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
     return run_pipeline(opts, stop or StopFlag())
 
 
+#: Processes of one kind a run may start (``face:4``): each loads its own model.
+MAX_INSTANCES = 16
+
+
+def plan_extractors(specs: Sequence[str]) -> dict[str, int]:
+    """``kind -> number of processes`` from ``face,quality``, ``face,face`` or ``face:2``.
+
+    Raises:
+        UnknownExtractorError: an unknown kind, a bad count, or nothing at all.
+    """
+    from .extractors.base import UnknownExtractorError, kinds
+
+    plan: dict[str, int] = {}
+    for spec in specs:
+        kind, _, count = spec.strip().partition(":")
+        if kind not in kinds():
+            raise UnknownExtractorError(f"unknown extractor kind(s) {kind or '(none)'} "
+                                        f"(known: {', '.join(kinds())})")
+        if count and not (count.isdigit() and 1 <= int(count) <= MAX_INSTANCES):
+            raise UnknownExtractorError(f"{spec}: the number of {kind} processes must be 1 to "
+                                        f"{MAX_INSTANCES}")
+        plan[kind] = plan.get(kind, 0) + (int(count) if count else 1)
+    if not plan:
+        raise UnknownExtractorError(f"no extractor kind given (known: {', '.join(kinds())})")
+    return plan
+
+
 def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
     """Run the whole pipeline on ``opts.source`` until it ends or ``stop`` is set.
 
@@ -149,13 +176,10 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
         SourceError: the source is missing, not media, or has no video (before anything starts).
         RulesError: the rules file is invalid.
     """
-    from .extractors.base import UnknownExtractorError, kinds, stream_of
+    from .extractors.base import stream_of
 
-    unknown = [k for k in opts.extractors if k not in kinds()]
-    if unknown or not opts.extractors:
-        raise UnknownExtractorError(f"unknown extractor kind(s) {', '.join(unknown) or '(none)'}"
-                                    f" (known: {', '.join(kinds())})")
-    needs_video = any(stream_of(k) == "video" for k in opts.extractors)
+    plan = plan_extractors(opts.extractors)
+    needs_video = any(stream_of(k) == "video" for k in plan)
     # bad input fails here, in one line, before any process starts
     info = probe(opts.source, require_video=needs_video)
     load_rules(opts.rules)
@@ -183,33 +207,41 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
         if kind == "restart":
             sup_events.append(f"{child.name} crashed (exit {child.history[-1]}), "
                               f"restart {info_['attempt']}/{opts.restart_budget}")
+            if child.name == "daemon":  # a daemon killed hard cannot unlink its shared memory
+                remove_leftovers(info_["pid"])
 
     sup = Supervisor(opts.restart_budget, log_dir=str(logs), on_event=on_event)
     py = [sys.executable, "-m", "momentbus"]
     common = ["--trace-collector", addr["trace"], "--trace-level", opts.trace_level]
-    groups = ",".join(opts.extractors)
+    groups = ",".join(plan)
     code: int = ExitCode.OK
     started = time.monotonic()
     try:
+        # every role is restarted within the budget: fusion replays its log (--resume), the
+        # daemon resumes from its state file, an extractor rejoins as a new incarnation
         sup.start(Child("clip", py + ["clip", opts.source, "--bind", addr["clip"],
-                                      "--out", str(out)] + common))
+                                      "--out", str(out)] + common, restartable=True))
         fusion_argv = py + ["fusion", "--bind", addr["obs"], "--clip", addr["clip"],
                             "--out", str(out), "--expect", groups] + common
         if opts.rules:
             fusion_argv += ["--rules", opts.rules]
         if opts.save_obs:
             fusion_argv += ["--save-obs"]
-        fusion = sup.start(Child("fusion", fusion_argv))
-        for kind in opts.extractors:
+        fusion = sup.start(Child("fusion", fusion_argv, restartable=True,
+                                 restart_argv=fusion_argv + ["--resume"]))
+        for kind, count in plan.items():
             # same host: pixels travel through shared memory behind the credit protocol
             fps = (["--fps", str(opts.fps), "--encoding", "shm"]
                    if stream_of(kind) == "video" else [])
-            sup.start(Child(f"extractor-{kind}", py + [
-                "extractor", kind, "--daemon", addr["frames"], "--fusion", addr["obs"]]
-                + fps + common, restartable=True))
-        daemon = sup.start(Child("daemon", py + ["daemon", opts.source, "--bind", addr["frames"],
-                                                 "--fusion", addr["obs"], "--expect", groups]
-                                 + ([] if needs_video else ["--audio-only"]) + common))
+            for instance in range(1, count + 1):
+                name = f"extractor-{kind}" + (f"-{instance}" if instance > 1 else "")
+                sup.start(Child(name, py + [
+                    "extractor", kind, "--daemon", addr["frames"], "--fusion", addr["obs"],
+                    "--instance", str(instance)] + fps + common, restartable=True))
+        daemon = sup.start(Child("daemon", py + [
+            "daemon", opts.source, "--bind", addr["frames"], "--fusion", addr["obs"],
+            "--expect", groups, "--state", str(tmp / "daemon.state")]
+            + ([] if needs_video else ["--audio-only"]) + common, restartable=True))
         total = info.frames if needs_video else None
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total} frames"),
@@ -217,9 +249,10 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
                       console=console, disable=opts.quiet, transient=False) as progress:
             task = progress.add_task(f"{info.source_id}", total=total, status="")
             while True:
-                if daemon.proc is not None and daemon.proc.poll() is not None:
-                    for child in sup.children:  # the source is done: nothing left to resume
-                        child.restartable = False
+                if daemon.exit_code == 0:
+                    for child in sup.children:  # the source is done: no extractor to resume
+                        if child.name.startswith("extractor-"):
+                            child.restartable = False
                 failed = sup.poll()
                 with stats.lock:
                     status = (f"triggers {len(stats.triggers)}  clips {len(stats.clips)}"
@@ -234,7 +267,7 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
                     _print_tail(console, child.stderr_path)
                     lost.append(child.name)
                 if any(not c.name.startswith("extractor-") for c in failed):
-                    code = ExitCode.ERROR  # a core role died: nothing can end the run properly
+                    code = ExitCode.ERROR  # a core role died for good (its budget spent)
                     break
                 if not sup.running():
                     break

@@ -26,6 +26,8 @@ class Child:
     name: str
     argv: list[str]
     restartable: bool = False
+    #: argv for a restart (e.g. fusion's ``--resume``); ``None``: the same as the first start
+    restart_argv: list[str] | None = None
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     exit_code: int | None = None
@@ -54,7 +56,8 @@ class Supervisor:
         if self.log_dir:
             child.stderr_path = os.path.join(self.log_dir, f"{child.name}.log")
             stderr = open(child.stderr_path, "ab")
-        child.proc = subprocess.Popen(child.argv, env=env, stdin=subprocess.DEVNULL,
+        argv = child.restart_argv if child.restarts and child.restart_argv else child.argv
+        child.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                       stdout=stderr or subprocess.DEVNULL, stderr=stderr,
                                       start_new_session=True)
         if stderr is not None:
@@ -78,7 +81,8 @@ class Supervisor:
             self._on_event("exit", child, code=code)
             if code != 0 and child.restartable and child.restarts < self.restart_budget:
                 child.restarts += 1
-                self._on_event("restart", child, attempt=child.restarts)
+                self._on_event("restart", child, attempt=child.restarts,
+                               pid=child.proc.pid)
                 self.start(child)
                 continue
             child.exit_code = code

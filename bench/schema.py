@@ -76,10 +76,10 @@ def main() -> None:
         plain_bytes = msgpack.packb(plain)
         assert decode(parts) == msg
         n = args.number
-        enc = median_us(lambda: encode(msg), n, args.repeat)
-        dec = median_us(lambda: decode(parts), n, args.repeat)
-        enc0 = median_us(lambda: msgpack.packb(plain), n, args.repeat)
-        dec0 = median_us(lambda: msgpack.unpackb(plain_bytes), n, args.repeat)
+        enc = median_us(lambda m=msg: encode(m), n, args.repeat)
+        dec = median_us(lambda p=parts: decode(p), n, args.repeat)
+        enc0 = median_us(lambda d=plain: msgpack.packb(d), n, args.repeat)
+        dec0 = median_us(lambda b=plain_bytes: msgpack.unpackb(b), n, args.repeat)
         rows.append((name, len(parts[1]), enc, enc0, dec, dec0))
     print(f"{'message':24} {'header B':>9} {'encode us':>10} {'floor us':>9} {'x':>6} "
           f"{'decode us':>10} {'floor us':>9} {'x':>6}")

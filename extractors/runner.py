@@ -1,10 +1,15 @@
 """The extractor runner process: ``momentbus extractor KIND --daemon ADDR --fusion ADDR``.
 
-It owns everything but the computing: the frame-bus membership and credits, the PUSH socket to
-fusion, heartbeats (from a thread, so a long model call never looks like a death), watermarks,
-``timing`` trace records and error handling. One bad frame is an ``error`` record and a watermark
-advance, not a crash; repeated failures end the process with a non-zero code so the supervisor
-can restart it. Every extractor goes through the same steps (see :mod:`.base`).
+It owns everything but the computing: the frame-bus membership and credits, the reliable link
+to fusion (observations, watermarks, Hello and Eof are kept until fusion acknowledges them, and
+sent again if fusion restarts), heartbeats (from a thread, so a long model call never looks like
+a death), ``timing`` trace records and error handling. One bad frame is an ``error`` record and a
+watermark advance, not a crash; repeated failures end the process with a non-zero code so the
+supervisor can restart it. Every extractor goes through the same steps (see :mod:`.base`).
+
+It never ends because the daemon or fusion went away: it says Hello to the daemon again, and
+keeps fusion's messages until they are acknowledged. It ends at the end of the stream once
+fusion has everything, when stopped, or after ``daemon_timeout_s`` without the daemon.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -20,7 +25,8 @@ import zmq
 
 from ..ipc import sockets
 from ..ipc.errors import PeerTimeoutError
-from ..ipc.framebus import HEARTBEAT_INTERVAL_S, FrameBusClient
+from ..ipc.framebus import HEARTBEAT_INTERVAL_S, FrameBusClient, SupersededError
+from ..ipc.reliable import ReliableSender, incarnation_now
 from ..ipc.schema import Eof, Heartbeat, Hello, Watermark
 from ..ipc.vocab import Encoding, Policy, component_name
 from ..lifecycle import ExitCode, StopFlag
@@ -30,8 +36,9 @@ from .stamping import ObsStamper
 
 #: Consecutive per-frame failures after which the runner gives up.
 MAX_CONSECUTIVE_ERRORS = 20
-#: How long a send to fusion may block (fusion's queue full or fusion gone) before giving up.
-FUSION_SEND_TIMEOUT_MS = 10_000
+#: At the end of the stream, how long to wait for fusion to acknowledge the last messages
+#: (fusion restarting takes a few seconds: its log replays at ~35,000 observations/s).
+FUSION_DRAIN_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -41,12 +48,14 @@ class RunnerConfig:
     fusion: str
     backend: str | None = None
     group: str | None = None
-    index: int = 1
+    instance: int = 1
     fps: float | None = None
     policy: Policy = "every"
     encoding: Encoding = "raw"
     credits: int = 2
     join_timeout_s: float = 60.0
+    daemon_timeout_s: float = 300.0
+    incarnation: int = field(default_factory=incarnation_now)
 
     @property
     def group_name(self) -> str:
@@ -54,11 +63,12 @@ class RunnerConfig:
 
     @property
     def component(self) -> str:
-        return component_name(self.group_name, self.index)
+        return component_name(self.group_name, self.instance)
 
 
 class _FusionHeartbeat(threading.Thread):
-    """Sends Heartbeat to fusion every 0.5 s on its own PUSH socket until stopped."""
+    """Sends Heartbeat to fusion every 0.5 s on its own socket until stopped (heartbeats may
+    be lost: they only say "alive")."""
 
     def __init__(self, address: str, component: str) -> None:
         super().__init__(name="fusion-heartbeat", daemon=True)
@@ -67,7 +77,7 @@ class _FusionHeartbeat(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        with sockets.connect(zmq.PUSH, self.address, hwm=10) as sock:
+        with sockets.connect(zmq.DEALER, self.address, hwm=10) as sock:
             while not self.stopped.wait(HEARTBEAT_INTERVAL_S):
                 sockets.try_send(sock, Heartbeat(component=self.component, wall_ns=time.time_ns()))
 
@@ -78,14 +88,23 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
     extractor = extractor or build(cfg.kind, cfg.backend, **(options or {}))
     hello = Hello(component=cfg.component, group=cfg.group_name, pid=os.getpid(),
                   policy=cfg.policy, fps=cfg.fps, encoding=cfg.encoding,
-                  streams=[extractor.stream])
+                  streams=[extractor.stream], instance=cfg.instance,
+                  incarnation=cfg.incarnation)
     heartbeat = _FusionHeartbeat(cfg.fusion, cfg.component)
     processed = errors = consecutive = 0
-    code = ExitCode.OK
+    code: int = ExitCode.OK
     clean = False  # only a clean end says "bye": after a crash the daemon keeps our frames
-    with FrameBusClient(cfg.daemon, hello, credits=cfg.credits) as client, \
-            sockets.connect(zmq.PUSH, cfg.fusion, linger_ms=5000) as fusion:
-        fusion.setsockopt(zmq.SNDTIMEO, FUSION_SEND_TIMEOUT_MS)
+    with FrameBusClient(cfg.daemon, hello, credits=cfg.credits,
+                        daemon_timeout_s=cfg.daemon_timeout_s) as client, \
+            sockets.connect(zmq.DEALER, cfg.fusion, hwm=0) as fusion_sock:
+        link = ReliableSender(fusion_sock, cfg.component, cfg.incarnation)
+
+        def to_fusion(msg: Any) -> None:
+            if not link.has_room():  # fusion is down: wait (the source waits with us)
+                link.wait(lambda: link.has_room() or stop.is_set(), float("inf"),
+                          idle=client.heartbeat)
+            link.send(msg)
+
         try:
             try:
                 welcome = client.join(cfg.join_timeout_s, stop.is_set)
@@ -97,32 +116,29 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
 
             def send_watermark(t_ns: int | None) -> None:
                 if t_ns is not None:
-                    sockets.send(fusion, Watermark(source_id=welcome.source_id,
-                                                   group=cfg.group_name,
-                                                   component=cfg.component, t_ns=t_ns))
+                    to_fusion(Watermark(source_id=welcome.source_id, group=cfg.group_name,
+                                        component=cfg.component, t_ns=t_ns))
 
             def send(results: list[Result], watermark_ns: int, latency_ns: int = 0) -> None:
                 observations, bare = stamper.stamp(results, watermark_ns, latency_ns)
                 for obs in observations:
-                    sockets.send(fusion, obs)
+                    to_fusion(obs)
                 send_watermark(bare)
 
-            sockets.send(fusion, hello)
+            to_fusion(hello)
             heartbeat.start()
             tracer.emit("member", event="ready", group=cfg.group_name, policy=cfg.policy,
-                        fps=cfg.fps)
+                        fps=cfg.fps, instance=cfg.instance, incarnation=cfg.incarnation)
             while not stop.is_set():
+                link.pump()
                 item = client.recv(100)
                 if item is None:
                     continue
                 if isinstance(item, Eof):
                     send(extractor.flush(), item.t_end_ns)
-                    sockets.send(fusion, Eof(source_id=welcome.source_id,
-                                             component=cfg.component, last_seq=item.last_seq,
-                                             t_end_ns=stamper.watermark_ns, reason=item.reason))
-                    if item.reason == "source_lost":
-                        tracer.error("frame_bus", "the daemon stopped answering; ending")
-                        code = ExitCode.SOURCE_LOST
+                    to_fusion(Eof(source_id=welcome.source_id, component=cfg.component,
+                                  last_seq=item.last_seq, t_end_ns=stamper.watermark_ns,
+                                  reason=item.reason))
                     clean = True
                     break
                 received_wall = time.time_ns()
@@ -156,13 +172,22 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
                             latency_ms=round(latency_ns / 1e6, 3),
                             gaps=msgspec.to_builtins(item.gaps) if getattr(item, "gaps", None)
                             else None)
-        except zmq.Again:
-            tracer.error("fusion", "fusion did not accept observations for 10 s; ending")
-            code = ExitCode.FUSION_UNREACHABLE
+            if clean and not link.wait(lambda: link.all_acked() or stop.is_set(),
+                                       FUSION_DRAIN_TIMEOUT_S, idle=client.heartbeat):
+                tracer.error("fusion", f"fusion did not acknowledge the last {link.unacked} "
+                             f"message(s) within {FUSION_DRAIN_TIMEOUT_S:.0f} s")
+                code = ExitCode.FUSION_UNREACHABLE
+        except SupersededError as e:
+            tracer.error("frame_bus", e)
+            code = ExitCode.SUPERSEDED
+        except PeerTimeoutError as e:  # the daemon is gone: not the end of the stream
+            tracer.error("frame_bus", e)
+            code = ExitCode.SOURCE_LOST
         finally:
             heartbeat.stopped.set()
             tracer.emit("member", event="leave", group=cfg.group_name, processed=processed,
-                        errors=errors, bad_messages=client.bad_messages)
+                        errors=errors, bad_messages=client.bad_messages,
+                        resent_to_fusion=link.resends, rejoins=client.rejoins)
             if clean or stop.is_set():
                 client.leave()
             extractor.close()

@@ -303,9 +303,8 @@ class FrameBusServer:
             pins = group.pinned.setdefault(member.instance, deque())
             pins.extendleft(reversed(member.in_flight))
             group.pinned_component[member.instance] = member.component
-            self._trace("frame_drop", group=member.group, member=member.component,
-                        seqs=[i.seq for i in member.in_flight], reason="requeued_for_instance",
-                        lost=False)
+            self._trace("member", event="requeued", member=member.component,
+                        group=member.group, seqs=[i.seq for i in member.in_flight])
         else:
             group.dropped += len(member.in_flight)
             for item in member.in_flight:
@@ -501,11 +500,11 @@ class FrameBusServer:
                 if pins is not None and not pins:
                     del group.pinned[member.instance]
             while group.queue:
-                member = self._next_member(group, group.queue[0].seq)
-                if member is None:
+                taker = self._next_member(group, group.queue[0].seq)
+                if taker is None:
                     break
                 item = group.queue.popleft()
-                self._send_item(member, item, group.take_gaps())
+                self._send_item(taker, item, group.take_gaps())
                 group.delivered += 1
             if not group.waiting():
                 stream_eof = self.eof.get(group.stream)

@@ -73,6 +73,10 @@ Encoding = Literal["raw", "jpeg", "shm"]
 #: superseded it (``latest``), or the group had no member to take it.
 GapReason = Literal["sampled", "latest", "no_member"]
 
+#: The Eof reason the daemon sends fusion on behalf of a member it gave up waiting for (its rejoin
+#: grace ran out; its items went to the rest of its group, or nobody).
+MEMBER_LOST: Final = "member_lost"
+
 # ---------------------------------------------------------------------------- names
 
 #: Group and source names: letters, digits, ``_ . -`` (they appear in file names and metrics).
