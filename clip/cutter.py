@@ -1,8 +1,12 @@
 """Cutting clips from files with PyAV, and their sidecar metadata.
 
-``copy`` mode remuxes video and audio packets from the keyframe at or before ``t_start`` to the
-first frame after ``t_end``: no re-encoding, so it is fast and lossless, and the clip may start up
-to one GOP early (on the sample 3 s; on ``vtest.avi`` 25 s).
+Two modes:
+
+* ``copy`` (default) remuxes video and audio packets from the keyframe at or before ``t_start``
+  to the first frame after ``t_end``: no re-encoding, so it is fast and lossless, and the clip
+  may start up to one GOP early (on the sample 3 s; on ``vtest.avi`` 25 s).
+* ``exact`` re-encodes (:mod:`~momentbus.clip.exact`: H.264 + AAC) so that the clip's first
+  frame is the first at or after ``t_start`` and its last the last at or before ``t_end``.
 
 The container follows the codecs (:mod:`~momentbus.clip.containers`): mp4 when it can hold them,
 else Matroska, or what ``clip_format`` demands. The window is first clamped to the source
@@ -29,10 +33,11 @@ from av.stream import Stream
 
 from ..ipc.schema import Trig, to_json_dict
 from ..ipc.timebase import ns_to_pts, pts_to_ns
-from .containers import (CLIP_FORMATS, CLIP_SUFFIXES, Container, check_clip_format,
-                         choose_container)
+from .containers import (CLIP_FORMATS, CLIP_SUFFIXES, MKA, MKV, MP4, M4A, Container,
+                         check_clip_format, choose_container)
 from .errors import (ClipError, ClipOptionError, ClipSourceError, EmptyWindowError,
                      UnsupportedCodecError)
+from .exact import AUDIO_CODEC, cut_exact
 from .names import clip_name, safe_name
 from .sidecar import atomic_target, read_json, write_json
 from .window import Extent, clamp_window, extent_of
@@ -40,12 +45,12 @@ from .window import Extent, clamp_window, extent_of
 __all__ = [
     "CLIP_FORMATS", "CLIP_SUFFIXES", "MODES", "ClipError", "ClipOptionError", "ClipResult",
     "ClipSourceError", "Cut", "EmptyWindowError", "UnsupportedCodecError", "clip_name",
-    "cut_copy", "existing_clip", "probe_streams", "safe_name", "write_clip",
+    "cut_copy", "cut_exact", "existing_clip", "probe_streams", "safe_name", "write_clip",
     "write_failure_sidecar",
 ]
 
 #: the values ``mode`` takes
-MODES: Final = ("copy",)
+MODES: Final = ("copy", "exact")
 
 
 @dataclass(frozen=True)
@@ -285,7 +290,8 @@ def write_clip(source: str | os.PathLike[str], trig: Trig, clips_dir: str | os.P
             clamped to it only when the container gives no end of its own.
         clip_format: ``"auto"`` (mp4 when it holds the codecs, else Matroska), ``"mp4"`` or
             ``"mkv"`` (:mod:`~momentbus.clip.containers`).
-        mode: ``"copy"`` (remux from the keyframe at or before the start).
+        mode: ``"copy"`` (remux from the keyframe at or before the start) or ``"exact"``
+            (re-encode, first and last frames the requested ones, ±1 frame).
         reuse: when the clip of this TRIG was already written with the same source, mode and
             clip format (its sidecar says ``"ok": true`` and the clip file is there, of the
             size the sidecar records), return it (``reused=True``) instead of cutting again:
@@ -378,6 +384,10 @@ def _write(source: str | os.PathLike[str], trig: Trig, clips: Path, name: str,
 
 
 def _container(inp: InputContainer, audio_only: bool, clip_format: str, mode: str) -> Container:
+    if mode == "exact":  # H.264 + AAC: mp4 holds them
+        if clip_format == "mkv":
+            return MKA if audio_only else MKV
+        return M4A if audio_only else MP4
     streams: list[Stream] = [] if audio_only else [inp.streams.video[0]]
     if inp.streams.audio:
         streams.append(inp.streams.audio[0])
@@ -388,6 +398,9 @@ def _cut(source: str | os.PathLike[str], start: int, end: int, extent: Extent, d
          audio_only: bool, container: Container, mode: str) -> Cut:
     if not audio_only and extent.video_end_ns is not None:
         end = min(end, extent.video_end_ns)
+    if mode == "exact":
+        s, e, nv, na = cut_exact(source, start, end, dest, audio_only, muxer=container.muxer)
+        return Cut(s, e, nv, na, 0)
     return cut_copy(source, start, end, dest, audio_only, muxer=container.muxer)
 
 
@@ -395,9 +408,9 @@ def _codecs(inp: InputContainer, audio_only: bool, mode: str) -> dict[str, str]:
     """The clip's codecs by stream type (FFmpeg's names)."""
     out: dict[str, str] = {}
     if inp.streams.video and not audio_only:
-        out["video"] = inp.streams.video[0].codec_context.name
+        out["video"] = "h264" if mode == "exact" else inp.streams.video[0].codec_context.name
     if inp.streams.audio:
-        out["audio"] = inp.streams.audio[0].codec_context.name
+        out["audio"] = AUDIO_CODEC if mode == "exact" else inp.streams.audio[0].codec_context.name
     return out
 
 

@@ -11,6 +11,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from momentbus.clip.cutter import UnsupportedCodecError, write_clip
@@ -110,6 +111,41 @@ def test_a_window_past_the_end_of_vtest_stops_at_its_last_frame(vtest, tmp_path)
     assert_one_frame_apart(frames, VTEST_FRAME_NS, 45)  # 75.0 ... 79.4 s
 
 
+def _gray(frame: av.VideoFrame) -> np.ndarray:
+    return frame.to_ndarray(format="gray").astype(np.float32)
+
+
+def test_exact_mode_on_vtest_shows_the_requested_frames(vtest, tmp_path):
+    start, end = 26_050_000_000, 28_950_000_000  # first frame at or after: 26.1; last: 28.9
+    res = write_clip(vtest, trig(start, end), tmp_path, 1, mode="exact")
+    assert res.path.suffix == ".mp4" and res.container == "mp4"
+    frames, _ = decoded(res.path)
+    assert abs(res.actual_start_ns - 26_100_000_000) <= VTEST_FRAME_NS
+    assert abs(res.actual_start_ns + frames[-1] - 28_900_000_000) <= VTEST_FRAME_NS
+    assert_one_frame_apart(frames, VTEST_FRAME_NS, 29)
+    # the right pictures, not only the right timestamps: the clip's first frame is closest to
+    # the source frame at actual_start, of it and its neighbours (people walk: frames differ)
+    with av.open(str(res.path)) as c:
+        first = _gray(next(c.decode(video=0)))
+    diff = {}
+    with av.open(vtest) as c:
+        c.seek(250, stream=c.streams.video[0])  # the keyframe at 25 s (time_base 1/10)
+        for f in c.decode(video=0):
+            t = round(f.pts * f.time_base * S)
+            if t > 26_200_000_000:
+                break
+            if t >= 26 * S:
+                diff[t] = float(np.abs(_gray(f) - first).mean())
+    assert len(diff) == 3 and min(diff, key=diff.__getitem__) == res.actual_start_ns, diff
+
+
+def test_exact_mode_clamps_a_window_reaching_before_the_source(vtest, tmp_path):
+    res = write_clip(vtest, trig(-(2**62), 2 * S), tmp_path, 1, mode="exact")
+    frames, _ = decoded(res.path)
+    assert res.actual_start_ns == 0
+    assert_one_frame_apart(frames, VTEST_FRAME_NS, 21)  # 0.0 ... 2.0 s
+
+
 # ---------------------------------------------------------------- PCM audio
 
 @pytest.mark.parametrize("kind", ["mov", "mkv"])
@@ -130,6 +166,17 @@ def test_pcm_audio_goes_to_matroska_with_the_clip(pcm_sources, tmp_path, kind):
     assert audio[0][0] <= 0.03 * S and audio[-1][1] >= (9 * S - res.actual_start_ns) - 0.03 * S
     meta = json.loads(res.sidecar.read_text())
     assert meta["codecs"] == {"video": "h264", "audio": "pcm_s16le"}
+
+
+def test_exact_mode_encodes_pcm_audio_to_aac_in_mp4(pcm_sources, tmp_path):
+    res = write_clip(pcm_sources["mkv"], trig(7 * S, 9 * S), tmp_path, 1, mode="exact")
+    assert res.path.suffix == ".mp4"
+    frames, audio = decoded(res.path)
+    one = float(SAMPLE_FRAME * S)
+    assert 7 * S <= res.actual_start_ns <= 7 * S + one + 1e6  # Matroska rounds to 1 ms
+    assert abs(len(frames) - 48) <= 1 and audio
+    with av.open(str(res.path)) as c:
+        assert c.streams.audio[0].codec_context.name == "aac"
 
 
 def test_mkv_demanded_for_the_sample_holds_h264_and_aac(sample, tmp_path):

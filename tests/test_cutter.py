@@ -1,5 +1,5 @@
 """The clip cutter's edges on the real sample (H.264 with B-frames + AAC, keyframes every
-3.003 s, 472 frames): copy mode, windows clamped to the source, failure sidecars,
+3.003 s, 472 frames): copy and exact modes, windows clamped to the source, failure sidecars,
 idempotent re-cuts. Other containers and codecs: tests/test_clip_formats.py."""
 
 from __future__ import annotations
@@ -172,6 +172,33 @@ def test_a_clamped_window_lies_inside_the_source_or_is_an_error(a, b, src_start,
     assert (lo, hi) == (max(a, src_start), min(b, src_end))
 
 
+# ---------------------------------------------------------------- exact mode
+
+def test_exact_mode_starts_and_ends_on_the_requested_frames(video, tmp_path):
+    start, end = 7_020_000_000, 9_030_000_000  # between frames: 7.0070 < 7.02 < 7.0487 s
+    first = math.ceil(Fraction(start, S) / FRAME)  # the first frame at or after start: 169
+    last = math.floor(Fraction(end, S) / FRAME)  # the last at or before end: 216
+    res = write_clip(video, trig(start, end), tmp_path, 1, mode="exact")
+    frames = frames_of(res.path)
+    one = float(FRAME * S)
+    assert res.actual_start_ns + frames[0] == pytest.approx(first * one, abs=one)
+    assert res.actual_start_ns + frames[-1] == pytest.approx(last * one, abs=one)
+    assert start <= res.actual_start_ns < start + one
+    # every frame of the window, each once, one frame apart
+    assert len(frames) == pytest.approx(last - first + 1, abs=1)
+    assert frames == pytest.approx([round(k * one) for k in range(len(frames))], abs=1e6)
+    with av.open(str(res.path)) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+        audio = [(f.time, f.samples / f.sample_rate) for f in c.decode(audio=0)]
+    assert audio[0][0] == pytest.approx(0, abs=0.001), "audio starts with the first frame"
+    assert audio[-1][0] + audio[-1][1] == pytest.approx((end - res.actual_start_ns) / S,
+                                                        abs=0.05)
+    meta = json.loads(res.sidecar.read_text())
+    assert meta["mode"] == "exact" and meta["codecs"] == {"video": "h264", "audio": "aac"}
+    assert meta["actual"] == {"t_start_ns": res.actual_start_ns, "t_end_ns": res.actual_end_ns}
+    assert meta["trailing_frames"] == 0
+
+
 # ---------------------------------------------------------------- failures, atomic writes
 
 def test_a_cut_failing_after_it_began_writing_leaves_no_part_file(video, tmp_path):
@@ -196,7 +223,7 @@ def test_a_source_that_is_not_media_is_a_clip_error_with_its_sidecar(tmp_path):
 
 def test_an_unknown_mode_or_format_is_an_option_error(video, tmp_path):
     with pytest.raises(ClipOptionError):
-        write_clip(video, trig(1 * S, 2 * S), tmp_path, 1, mode="exact")
+        write_clip(video, trig(1 * S, 2 * S), tmp_path, 1, mode="fast")
     with pytest.raises(ClipOptionError):
         write_clip(video, trig(1 * S, 2 * S), tmp_path, 1, clip_format="avi")
 
