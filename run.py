@@ -37,6 +37,9 @@ from .media import probe
 from .supervisor import Child, Supervisor
 from .traces.summary import percentile
 
+# honest endings: the output folder's check
+from .outputs import check_out_dir
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -148,7 +151,9 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
     Raises:
         SourceError: the source is missing, not media, or has no video (before anything starts).
         RulesError: the rules file is invalid.
+        OutputDirError: ``opts.out_dir`` cannot hold the outputs (before anything starts).
     """
+    check_out_dir(opts.out_dir)  # a file, read-only or full: one line, exit 2 (outputs.py)
     from .extractors.base import UnknownExtractorError, kinds, stream_of
 
     unknown = [k for k in opts.extractors if k not in kinds()]
