@@ -31,6 +31,16 @@ class ExitCode(IntEnum):
     SOURCE_LOST = 5
     #: An extractor could not hand observations to fusion for the send timeout.
     FUSION_UNREACHABLE = 6
+    #: ``momentbus run`` finished, but part of the source could not be read (decode errors, a
+    #: damaged span, frames the container announced but never delivered, an unread tail): the
+    #: outputs are complete for what was read, and the summary names what was lost. The number
+    #: is sysexits.h's ``EX_DATAERR`` ("the input data was incorrect in some way").
+    DATA_LOSS = 65
+    #: ``momentbus run`` could not write all its outputs (disk full, I/O error): the summary's
+    #: last line says what was saved. Distinct from ``DATA_LOSS`` because the remedy differs
+    #: (free space and run again; the input is fine), and it wins over it when both happen. The
+    #: number is sysexits.h's ``EX_IOERR`` ("an error occurred while doing I/O on some file").
+    OUTPUT_INCOMPLETE = 74
     #: Interrupted by the user (Ctrl-C / SIGINT), as shells report 128 + SIGINT.
     INTERRUPTED = 130
     #: The reader of our standard output went away (``momentbus extract ... | head``), as shells

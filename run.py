@@ -37,7 +37,8 @@ from .media import probe
 from .supervisor import Child, Supervisor
 from .traces.summary import percentile
 
-# honest endings: the output folder's check
+# honest endings: the output folder's check, the run's last lines
+from .endings import Ending
 from .outputs import check_out_dir
 
 
@@ -261,6 +262,8 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
             if child.name == "daemon" and child.proc is not None:
                 remove_leftovers(child.proc.pid)
     elapsed = time.monotonic() - started
+    ending = Ending.of(collector, out, [Path(c["path"]) for c in stats.clips])
+    code = ending.exit_code(code)
     result = RunResult(code, out, read_triggers(out / "triggers.jsonl"),
                        [Path(c["path"]) for c in stats.clips], stats)
     if code == ExitCode.INTERRUPTED:
@@ -272,6 +275,10 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
         for name in lost:
             Console().print(f"[yellow]warning[/]: {name} died and was not restarted; rules "
                             "that read it ran without it (their triggers list it as missing)")
+        if (line := ending.data_loss_line()) is not None:
+            Console().print(f"[bold yellow]{line}", highlight=False, soft_wrap=True)
+        if (line := ending.output_line()) is not None:
+            console.print(f"[bold red]momentbus: {line}", highlight=False, soft_wrap=True)
     return result
 
 
@@ -316,7 +323,8 @@ def _summary(console: Console, info: Any, stats: RunStats, out: Path, elapsed: f
     else:
         out_console.print("triggers: none")
     out_console.print(f"wrote {out / 'triggers.jsonl'}, {len(stats.clips)} clip(s) in "
-                      f"{out / 'clips'}, {collector.count} trace records in {out / 'trace.jsonl'}")
+                      f"{out / 'clips'}, {collector.written} trace records in "
+                      f"{out / 'trace.jsonl'}")
     out_console.print(f"details: momentbus trace summary {out / 'trace.jsonl'}  "
                       f"(or: trace plot ... -o timeline.png)", highlight=False)
     for err in stats.errors[:5]:

@@ -86,6 +86,7 @@ def run(cfg: DaemonConfig, tracer: Tracer, stop: StopFlag) -> int:
             server.finish(stream, seq, t_ns, reason)
         tracer.emit("summary", role="daemon", frames=src.video_seq, audio_chunks=src.audio_seq,
                     decode_errors=src.decode_errors, reason=reason,
+                    damage=src.damage.to_trace(),  # what the read could not get (damage.py)
                     groups={g.name: {"delivered": g.delivered, "dropped": g.dropped}
                             for g in server.groups.values()})
         if fusion is not None:
