@@ -6,6 +6,7 @@ imports :mod:`momentbus.supervisor`.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import signal
@@ -88,7 +89,8 @@ def die_with_parent() -> None:
 
     ``PR_SET_PDEATHSIG`` (prctl(2)) fires when the *thread* that started this process exits;
     the parent names its pid in ``MOMENTBUS_PARENT_PID`` so a parent that died before the
-    prctl took effect is noticed too.
+    prctl took effect is noticed too. A parent that died cannot remove its run folder (its
+    ``ipc://`` sockets), so a role that outlives its parent removes it on its way out.
     """
     if sys.platform != "linux":
         return
@@ -99,5 +101,20 @@ def die_with_parent() -> None:
     except OSError:
         pass
     parent = os.environ.get(PARENT_PID_ENV)
-    if parent and parent.isdigit() and os.getppid() != int(parent):
-        os.kill(os.getpid(), signal.SIGTERM)
+    if parent and parent.isdigit():
+        atexit.register(_remove_run_dir_if_orphaned, int(parent))
+        if os.getppid() != int(parent):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _remove_run_dir_if_orphaned(parent: int) -> None:
+    """At exit: if the parent died (we were reparented), remove the run folders it left: it
+    cannot any more (see :mod:`momentbus.rundir`; a folder with a live owner is never touched)."""
+    if os.getppid() == parent:
+        return
+    from .rundir import remove_orphans
+
+    try:
+        remove_orphans()
+    except OSError:
+        pass  # best effort on the way out: the next run removes what is left

@@ -37,9 +37,10 @@ from .media import probe
 from .supervisor import Child, Supervisor
 from .traces.summary import percentile
 
-# honest endings: the output folder's check, the run's last lines
+# honest endings: the output folder's check, the socket folder's lock, the run's last lines
 from .endings import Ending
 from .outputs import check_out_dir
+from .rundir import claim_run_dir
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
         if stale.is_file() and stale.suffix in (".mp4", ".mka", ".json"):
             stale.unlink()
     tmp = Path(tempfile.mkdtemp(prefix="momentbus-"))
+    tmp_lock = claim_run_dir(tmp)  # removed even if this process is killed (rundir.py)
     addr = {name: f"ipc://{tmp}/{name}" for name in ("frames", "obs", "clip", "trace")}
     stats = RunStats()
 
@@ -258,6 +260,7 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
             sup.stop()
         collector.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp_lock.release()
         for child in sup.children:  # a daemon killed hard cannot unlink its shared memory
             if child.name == "daemon" and child.proc is not None:
                 remove_leftovers(child.proc.pid)

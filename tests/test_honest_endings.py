@@ -1,24 +1,31 @@
-"""How `momentbus run` ends when things go wrong: damaged input, a full disk.
+"""How `momentbus run` ends when things go wrong: damaged input, a full disk, a killed parent.
 
 * A source with damage -> the summary names what was lost and the run exits DATA_LOSS (65),
   with the triggers and clips of what was read.
 * trace.jsonl on a full disk -> the run goes on, ends with one line naming what was saved, and
   exits OUTPUT_INCOMPLETE (74). The full disk is /dev/full: every write fails with ENOSPC.
+* The parent SIGKILLed -> its children exit (parent-death signal) and its socket folder goes.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import os
 import random
 import re
+import select
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from momentbus.lifecycle import ExitCode
 
-from helpers import run_momentbus
+from helpers import momentbus_cmd, processes_mentioning, run_momentbus, wait_for_trace
 
 pytestmark = pytest.mark.slow
 
@@ -108,3 +115,85 @@ def test_a_full_disk_for_the_trace_ends_with_what_was_saved(sample, tmp_path):
     assert m[1] == str(out / "trace.jsonl") and int(m[2]) > 500
     assert m[3] == str(out / "triggers.jsonl") and int(m[4]) == len(triggers(out)) >= 1
     assert int(m[5]) == len(list((out / "clips").glob("*.mp4"))) >= 1
+
+
+def _wait_for_exits(pids: list[int], timeout_s: float) -> list[int]:
+    """Wait (pidfd + poll: no sleeping) until every pid exited or time runs out; returns the
+    pids still alive."""
+    fds = {}
+    for pid in pids:
+        try:
+            fds[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:
+            pass  # gone already
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while fds and time.monotonic() < deadline:
+            for fd, _ in poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+                poller.unregister(fd)
+                os.close(fd)
+                del fds[fd]
+        return list(fds.values())
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_no_socket_folder_is_left_after_the_parent_is_killed(sample, tmp_path):
+    tmpdir = tmp_path / "t"
+    tmpdir.mkdir()
+    out = tmp_path / "out"
+    proc = subprocess.Popen(momentbus_cmd("run", str(sample("WolfgangLanger_Pexels.mp4")),
+                                          "--out", str(out), "--quiet"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmpdir)}, start_new_session=True)
+    try:
+        wait_for_trace(proc, out / "trace.jsonl",
+                       lambda r: r["record"] == "timing" and "process_ms" in r)
+        children = [int(line.split(":")[0]) for line in processes_mentioning(str(tmpdir))]
+        assert len(children) >= 4, "daemon, extractors, fusion, clip are running"
+        assert [p.name for p in tmpdir.iterdir() if p.name.startswith("momentbus-")]
+        os.kill(proc.pid, signal.SIGKILL)  # the parent only: no cleanup code of its runs
+        proc.wait(10)
+        left = _wait_for_exits(children, 60)
+        assert not left, f"children outlived their parent: {processes_mentioning(str(tmpdir))}"
+        assert not [p for p in tmpdir.iterdir() if p.name.startswith("momentbus-")], \
+            "the socket folder of the killed run is removed"
+        from momentbus.ipc.shm import NAME_PREFIX
+
+        shm = os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else []
+        assert not [n for n in shm for pid in children if n.startswith(f"{NAME_PREFIX}{pid}-")]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for line in processes_mentioning(str(tmpdir)):
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        proc.communicate(timeout=10)
+
+
+def test_a_new_run_removes_folders_of_dead_runs_and_spares_live_ones(tmp_path):
+    """The sweep behind the removal: a folder whose .owner lock is free goes; one whose owner
+    holds the lock, or that has no .owner (being made, or another version's), stays."""
+    from momentbus.rundir import claim_run_dir, remove_orphans
+
+    dead, alive, unowned = (tmp_path / f"momentbus-{n}" for n in ("dead", "alive", "new"))
+    for d in (dead, alive, unowned):
+        d.mkdir()
+    # a process that claims `dead`, then dies without cleaning (SIGKILL: no code of it runs)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import os, signal; from momentbus.rundir import claim_run_dir; "
+         f"claim_run_dir({str(dead)!r}); print('claimed', flush=True); "
+         "os.kill(os.getpid(), signal.SIGKILL)"], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "claimed"
+    child.wait(10)
+    lock = claim_run_dir(alive)
+    try:
+        assert not dead.exists(), "claiming a folder sweeps the dead ones beside it"
+        assert remove_orphans(tmp_path) == []
+        assert alive.exists() and unowned.exists()
+    finally:
+        lock.release()
+    assert remove_orphans(tmp_path) == [alive]
