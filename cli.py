@@ -33,10 +33,24 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _fps(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be > 0")
+    """Frames per second in the range the wire accepts (one frame every 100 s to 1000 fps)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.01 <= value <= 1000:
+        raise argparse.ArgumentTypeError("must be between 0.01 and 1000 frames/s")
     return value
+
+
+def _clip_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clip-format", choices=["auto", "mp4", "mkv"], default="auto",
+                   help="clip container: auto (mp4 when it holds the source's codecs, else "
+                        "Matroska), mp4 or mkv (default: auto)")
+    p.add_argument("--clip-mode", choices=["copy", "exact"], default="copy",
+                   help="copy: remux from the keyframe at or before the start (fast, lossless, "
+                        "may start up to a GOP early); exact: re-encode so the clip starts and "
+                        "ends on the requested frames (default: copy)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write every observation fusion receives to OUT/obs.jsonl")
     p.add_argument("--trace-level", default="normal",
                    choices=["off", "minimal", "normal", "verbose"])
+    _clip_options(p)
 
     p = sub.add_parser("daemon", help="serve a source on the frame bus")
     p.add_argument("source", help="a media file, or mic / mic:DEVICE for a microphone")
@@ -128,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="the video file the triggers refer to")
     p.add_argument("--bind", required=True, metavar="ADDR", help="where fusion sends TRIGs")
     p.add_argument("--out", required=True, help="clips go to OUT/clips/")
+    _clip_options(p)
     _common(p)
 
     p = sub.add_parser("extract", help="one extractor in-process on a file, Obs as JSON lines",
@@ -246,7 +262,8 @@ def cmd_clip(args: argparse.Namespace) -> int:
     from .lifecycle import StopFlag
 
     with _tracer(args, "clip") as tracer:
-        return run(ClipConfig(args.source, args.bind, args.out), tracer, StopFlag().install())
+        return run(ClipConfig(args.source, args.bind, args.out, args.clip_format,
+                              args.clip_mode), tracer, StopFlag().install())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -256,7 +273,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_pipeline(RunOptions(
         source=args.source, out_dir=args.out, rules=args.rules,
         extractors=_groups(args.extractors), fps=args.fps, restart_budget=args.restart_budget,
-        quiet=args.quiet, trace_level=args.trace_level, save_obs=args.save_obs),
+        quiet=args.quiet, trace_level=args.trace_level, save_obs=args.save_obs,
+        clip_format=args.clip_format, clip_mode=args.clip_mode),
         StopFlag().install()).exit_code
 
 

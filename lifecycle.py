@@ -6,6 +6,7 @@ imports :mod:`momentbus.supervisor`.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import signal
@@ -34,6 +35,16 @@ class ExitCode(IntEnum):
     #: A newer incarnation of this extractor (same group and instance) joined the daemon: this
     #: process was replaced (a restart raced a stalled original that woke up).
     SUPERSEDED = 9
+    #: ``momentbus run`` finished, but part of the source could not be read (decode errors, a
+    #: damaged span, frames the container announced but never delivered, an unread tail): the
+    #: outputs are complete for what was read, and the summary names what was lost. The number
+    #: is sysexits.h's ``EX_DATAERR`` ("the input data was incorrect in some way").
+    DATA_LOSS = 65
+    #: ``momentbus run`` could not write all its outputs (disk full, I/O error): the summary's
+    #: last line says what was saved. Distinct from ``DATA_LOSS`` because the remedy differs
+    #: (free space and run again; the input is fine), and it wins over it when both happen. The
+    #: number is sysexits.h's ``EX_IOERR`` ("an error occurred while doing I/O on some file").
+    OUTPUT_INCOMPLETE = 74
     #: Interrupted by the user (Ctrl-C / SIGINT), as shells report 128 + SIGINT.
     INTERRUPTED = 130
     #: The reader of our standard output went away (``momentbus extract ... | head``), as shells
@@ -81,7 +92,8 @@ def die_with_parent() -> None:
 
     ``PR_SET_PDEATHSIG`` (prctl(2)) fires when the *thread* that started this process exits;
     the parent names its pid in ``MOMENTBUS_PARENT_PID`` so a parent that died before the
-    prctl took effect is noticed too.
+    prctl took effect is noticed too. A parent that died cannot remove its run folder (its
+    ``ipc://`` sockets), so a role that outlives its parent removes it on its way out.
     """
     if sys.platform != "linux":
         return
@@ -92,5 +104,20 @@ def die_with_parent() -> None:
     except OSError:
         pass
     parent = os.environ.get(PARENT_PID_ENV)
-    if parent and parent.isdigit() and os.getppid() != int(parent):
-        os.kill(os.getpid(), signal.SIGTERM)
+    if parent and parent.isdigit():
+        atexit.register(_remove_run_dir_if_orphaned, int(parent))
+        if os.getppid() != int(parent):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _remove_run_dir_if_orphaned(parent: int) -> None:
+    """At exit: if the parent died (we were reparented), remove the run folders it left: it
+    cannot any more (see :mod:`momentbus.rundir`; a folder with a live owner is never touched)."""
+    if os.getppid() == parent:
+        return
+    from .rundir import remove_orphans
+
+    try:
+        remove_orphans()
+    except OSError:
+        pass  # best effort on the way out: the next run removes what is left

@@ -8,6 +8,11 @@ so variable-frame-rate files keep their real timestamps. ``seq`` counts frames r
 gap-free. Audio is resampled to 16 kHz mono float32 (what speech models take); each chunk's
 ``t_ns`` is its first sample's time, counted in samples from the first audio frame's pts, so it is
 sample-accurate and never drifts.
+
+Damage is accounted for as the file is read, never by ending the read: a packet the decoder
+rejects is counted and the next one is decoded; :attr:`FileSource.damage` says how many failed,
+which time ranges they cover, how many frames were read of those the container announced, and
+how much of the announced duration never arrived (:class:`~momentbus.damage.Damage`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from .damage import Damage, Span, merge_spans
 from .ipc.schema import AudioChunk, Frame
 from .ipc.timebase import pts_to_ns
 from .ipc.vocab import AUDIO_RATE, AUDIO_TIME_BASE
@@ -64,6 +70,124 @@ def source_id_for(path: str | os.PathLike[str]) -> str:
     stem = Path(path).stem
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:64]
     return safe or "source"
+
+
+class _StreamDamage:
+    """The running account of one stream's unreadable stretches (see :attr:`Damage.spans`).
+
+    Every packet the demuxer delivers with a pts is *expected* as a frame at that time (the
+    container's index survives damage to the media data); a decoder outputs frames in
+    presentation order, so once a frame at ``t`` comes out, an expected frame before ``t`` that
+    did not is lost, and the damaged span runs from the frame decoded before it to ``t``. This
+    finds the loss exactly even when the decoder reports an error packets later (frame threads)
+    or reorders (B-frames); a "lost" frame that still comes out later is taken back.
+
+    A packet the demuxer flags corrupt (MPEG-TS continuity errors) is decoded anyway, with
+    concealment: its frame is damaged, so a span runs from the frame before it to the frame after.
+
+    Where frame times do not match packet times (no pts, rewritten timestamps) the account falls
+    back to the errors themselves: a span from the last good frame before a failed packet to the
+    first good frame after that packet's pts (approximate: within the decoder's delay).
+    """
+
+    def __init__(self, origin_ns: int, end_ns: int | None) -> None:
+        self.origin_ns = origin_ns
+        self.end_ns = end_ns
+        self.frames = 0
+        self.discarded = 0
+        self.last_good_ns: int | None = None
+        self.tracking = True
+        self._pending: set[int] = set()
+        #: lost frame time -> (good frame before, good frame after)
+        self._lost: dict[int, Span] = {}
+        self._spans: list[Span] = []  # error-based (fallback) spans, closed
+        self._open: list[int] | None = None  # error-based span: [start, latest failed pts]
+        self._suspects: set[int] = set()  # times of packets flagged corrupt, not decoded yet
+        self._suspect_from: int | None = None  # a corrupt frame came out: its span's start
+
+    def _clamp(self, t_ns: int) -> int:
+        t_ns = max(t_ns, self.origin_ns)  # a damaged index can give any time
+        return min(t_ns, self.end_ns) if self.end_ns is not None else t_ns
+
+    def expect(self, t_ns: int) -> None:
+        """A packet with a pts (``t_ns``) was demuxed: a frame should come out at that time."""
+        if self.tracking:
+            self._pending.add(t_ns)
+
+    def bad(self, t_ns: int | None) -> None:
+        """A packet of this stream failed to decode (``t_ns``: its pts, or None)."""
+        if self.tracking and t_ns is not None:
+            return  # its frame stays pending: the next frames out will show it lost
+        self._open_blind(t_ns)
+
+    def corrupt(self, t_ns: int | None) -> None:
+        """The demuxer flagged a packet of this stream corrupt (``t_ns``: its pts, or None)."""
+        if self.tracking and t_ns is not None:
+            self._suspects.add(t_ns)
+        else:
+            self._open_blind(t_ns)
+
+    def _open_blind(self, t_ns: int | None) -> None:
+        start = self.last_good_ns if self.last_good_ns is not None else self.origin_ns
+        t = self._clamp(t_ns) if t_ns is not None else start
+        if self._open is None:
+            self._open = [min(start, t), t]
+        else:
+            self._open[1] = max(self._open[1], t)
+
+    def good(self, t_ns: int, matched_ns: int | None = None) -> None:
+        """A frame decoded at ``t_ns`` (``matched_ns``: its time as the decoder gave it, to
+        match against the packets, when the reader rewrote it)."""
+        key = t_ns if matched_ns is None else matched_ns
+        self.frames += 1
+        before = self.last_good_ns if self.last_good_ns is not None else self.origin_ns
+        if self.tracking:
+            if key in self._pending:
+                self._pending.discard(key)
+                lost = [q for q in self._pending if q < key]
+                for q in lost:
+                    self._lost[q] = (min(before, q), t_ns)
+                    self._pending.discard(q)
+            elif key in self._lost:
+                del self._lost[key]  # late, not lost
+            else:  # frame times are not the packets' times: count errors instead
+                self.tracking = False
+                self._pending.clear()
+        if self._suspect_from is not None:
+            self._spans.append((self._suspect_from, t_ns))
+            self._suspect_from = None
+        if key in self._suspects:
+            self._suspects.discard(key)
+            self._suspect_from = min(before, t_ns)
+        self.last_good_ns = t_ns if self.last_good_ns is None else max(self.last_good_ns, t_ns)
+        if self._open is not None and t_ns > self._open[1]:
+            self._spans.append((self._open[0], t_ns))
+            self._open = None
+
+    def spans(self, end_ns: int | None = None) -> list[Span]:
+        """Every span so far; those still open end at ``end_ns`` (default: the last time known
+        to be damaged)."""
+        out = list(self._spans) + list(self._lost.values())
+        before = self.last_good_ns if self.last_good_ns is not None else self.origin_ns
+        if self._pending and self.tracking and end_ns is not None:
+            out.append((min(before, min(self._pending)), max(end_ns, max(self._pending))))
+        if self._open is not None:
+            out.append((self._open[0], max(self._open[1], end_ns or self._open[1])))
+        if self._suspect_from is not None:
+            out.append((self._suspect_from, max(self._suspect_from, end_ns or self._suspect_from)))
+        return out
+
+    def finish(self, last_packet_end_ns: int | None) -> None:
+        """The stream ended: frames still expected never came, and an open span runs to the
+        announced end (else to the end of the last packet seen)."""
+        end = self.end_ns if self.end_ns is not None else last_packet_end_ns
+        if end is None:
+            end = max(self._pending, default=self.last_good_ns or self.origin_ns)
+        self._spans = self.spans(end)
+        self._pending.clear()
+        self._lost.clear()
+        self._open = None
+        self._suspect_from = None
 
 
 class FileSource:
@@ -119,10 +243,64 @@ class FileSource:
         self.video_seq = 0
         self.audio_seq = 0
         self.last_video_t_ns = 0
+        #: packets the decoder rejected, plus a demux that failed before the end (count)
         self.decode_errors = 0
+        #: packets the demuxer flagged corrupt (count)
+        self.corrupt_packets = 0
+        origin_ns = pts_to_ns(main.start_time or 0, main.time_base) if main.time_base else 0
+        end_ns = origin_ns + duration_ns if duration_ns is not None else None
+        self._main_damage = _StreamDamage(origin_ns, end_ns)
+        self._audio_damage: _StreamDamage | None = None
+        if self.audio is not None and main is not self.audio and self.audio.time_base:
+            a_origin = pts_to_ns(self.audio.start_time or 0, self.audio.time_base)
+            a_end = (a_origin + pts_to_ns(self.audio.duration, self.audio.time_base)
+                     if self.audio.duration else end_ns)
+            self._audio_damage = _StreamDamage(a_origin, a_end)
+        self._frames_expected = (main.frames or None)
+        #: the main stream's own announced end; the container's duration (the longest stream)
+        #: says nothing about where this stream should end
+        self._announced_end_ns = (origin_ns + pts_to_ns(main.duration, main.time_base)
+                                  if main.duration and main.time_base else None)
+        self._last_packet_end_ns: int | None = None
+        self._frame_ns = (round(1e9 / float(rate)) if rate else 0)
+        self._complete = False
+
+    @property
+    def damage(self) -> Damage:
+        """What this read could not get so far (a snapshot; see :class:`Damage`). Audio damage
+        counts only when audio is read (``items(audio=True)``)."""
+        logs = [self._main_damage] + ([self._audio_damage] if self._audio_damage else [])
+        spans: list[Span] = [s for log in logs for s in log.spans()]
+        tail = 0
+        main = self._main_damage
+        end = self._announced_end_ns
+        if self._complete and end is not None:
+            read_to = self._last_packet_end_ns if self._last_packet_end_ns is not None \
+                else main.origin_ns
+            if end - read_to > self._frame_ns:
+                tail = end - read_to
+                spans.append((main.last_good_ns if main.last_good_ns is not None
+                              else main.origin_ns, end))
+        return Damage(decode_errors=self.decode_errors, corrupt_packets=self.corrupt_packets,
+                      spans=merge_spans(spans),
+                      frames_read=main.frames,
+                      frames_expected=(self._frames_expected - main.discarded
+                                       if self._frames_expected is not None else None),
+                      unread_tail_ns=tail, complete=self._complete)
+
+    def _log_of(self, stream: av.stream.Stream) -> _StreamDamage | None:
+        main = self.video or self.audio
+        if stream is main:
+            return self._main_damage
+        return self._audio_damage if stream is self.audio else None
 
     def items(self, audio: bool = False) -> Iterator[Frame | AudioChunk]:
         """Frames (and, with ``audio``, 16 kHz mono chunks) in demux order.
+
+        A packet the decoder rejects is counted (with its time) in :attr:`damage` and the
+        read goes on with the next one; a demux failure after the first frame (a file cut
+        short) ends the stream there, counted too. :attr:`damage` is complete once this
+        generator ended by itself.
 
         Raises:
             NotMediaError: the file turns out unreadable before its first frame.
@@ -135,15 +313,36 @@ class FileSource:
         prev_pts: int | None = None
         try:
             packets = self.container.demux(streams)
+            main = self.video or self.audio
             for packet in packets:
+                log = self._log_of(packet.stream)
+                if log is not None and packet.pts is not None and packet.size:
+                    tb = Fraction(packet.time_base or packet.stream.time_base)
+                    if packet.is_discard:  # before an edit list's start: decoded, not shown
+                        log.discarded += 1
+                    else:
+                        log.expect(pts_to_ns(packet.pts, tb))
+                    if packet.is_corrupt:  # e.g. MPEG-TS continuity: decoded with concealment
+                        self.corrupt_packets += 1
+                        log.corrupt(pts_to_ns(packet.pts, tb))
+                    if packet.stream is main:
+                        end = pts_to_ns(packet.pts + (packet.duration or 0), tb)
+                        if self._last_packet_end_ns is None or end > self._last_packet_end_ns:
+                            self._last_packet_end_ns = end
+                        if packet.duration:
+                            self._frame_ns = pts_to_ns(packet.duration, tb)
                 try:
                     decoded = packet.decode()
-                except av.error.InvalidDataError:
+                except av.error.FFmpegError:
+                    # one bad packet never ends the stream: count it, decode the next one
                     self.decode_errors += 1
+                    if log is not None:
+                        log.bad(None if packet.pts is None else pts_to_ns(
+                            packet.pts, Fraction(packet.time_base or packet.stream.time_base)))
                     continue
                 for frame in decoded:
                     if packet.stream.type == "video":
-                        pts = frame.pts
+                        pts = given = frame.pts
                         if pts is None:  # no timestamp: continue from the previous frame
                             pts = (prev_pts + 1) if prev_pts is not None else 0
                         if prev_pts is not None and pts <= prev_pts:
@@ -157,8 +356,12 @@ class FileSource:
                                      width=img.shape[1], height=img.shape[0], data=img)
                         self.video_seq += 1
                         self.last_video_t_ns = t_ns
+                        if log is not None:
+                            log.good(t_ns, None if given is None else pts_to_ns(given, tb))
                         yield item
                     elif resampler is not None:
+                        if log is not None and frame.pts is not None:
+                            log.good(pts_to_ns(frame.pts, Fraction(frame.time_base)))
                         if audio_origin_ns is None:
                             pts = frame.pts or 0
                             audio_origin_ns = pts_to_ns(pts, Fraction(frame.time_base))
@@ -176,6 +379,12 @@ class FileSource:
             if self.video_seq == 0 and self.audio_seq == 0:
                 raise NotMediaError(f"{self.path}: cannot decode ({_reason(e)})") from None
             self.decode_errors += 1  # truncated tail: end the stream at the last good frame
+            self._main_damage.bad(None)
+        # the demux ended by itself (not a consumer that stopped early): close the account
+        self._main_damage.finish(self._last_packet_end_ns)
+        if self._audio_damage is not None:
+            self._audio_damage.finish(None)
+        self._complete = True
 
     def _chunk(self, samples: np.ndarray, origin_ns: int, offset: int) -> AudioChunk:
         pts = round(Fraction(origin_ns, 1_000_000_000) / AUDIO_TIME_BASE) + offset

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .clip.containers import CLIP_SUFFIXES
 from .fusion.rules import load_rules
 from .ipc.schema import Trig
 from .ipc.shm import remove_leftovers
@@ -36,6 +37,11 @@ from .lifecycle import ExitCode, StopFlag
 from .media import probe
 from .supervisor import Child, Supervisor
 from .traces.summary import percentile
+
+# honest endings: the output folder's check, the socket folder's lock, the run's last lines
+from .endings import Ending
+from .outputs import check_out_dir
+from .rundir import claim_run_dir
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,10 @@ class RunOptions:
     save_obs: bool = False
     #: Print the summary tables at the end (``momentbus run``); the library keeps quiet.
     summary: bool = True
+    #: Clip container (``auto``: mp4 when it holds the codecs, else Matroska) and mode
+    #: (``copy``: remux from the keyframe before; ``exact``: re-encode to the requested frames).
+    clip_format: str = "auto"
+    clip_mode: str = "copy"
 
 
 @dataclass
@@ -175,7 +185,9 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
     Raises:
         SourceError: the source is missing, not media, or has no video (before anything starts).
         RulesError: the rules file is invalid.
+        OutputDirError: ``opts.out_dir`` cannot hold the outputs (before anything starts).
     """
+    check_out_dir(opts.out_dir)  # a file, read-only or full: one line, exit 2 (outputs.py)
     from .extractors.base import stream_of
 
     plan = plan_extractors(opts.extractors)
@@ -190,9 +202,10 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
     logs.mkdir(exist_ok=True)
     # a previous run's clips would mix with this one's: remove them, and only them
     for stale in (out / "clips").glob("[0-9][0-9][0-9]_*") if (out / "clips").is_dir() else []:
-        if stale.is_file() and stale.suffix in (".mp4", ".mka", ".json"):
+        if stale.is_file() and stale.suffix in (*CLIP_SUFFIXES, ".json"):
             stale.unlink()
     tmp = Path(tempfile.mkdtemp(prefix="momentbus-"))
+    tmp_lock = claim_run_dir(tmp)  # removed even if this process is killed (rundir.py)
     addr = {name: f"ipc://{tmp}/{name}" for name in ("frames", "obs", "clip", "trace")}
     stats = RunStats()
 
@@ -220,7 +233,9 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
         # every role is restarted within the budget: fusion replays its log (--resume), the
         # daemon resumes from its state file, an extractor rejoins as a new incarnation
         sup.start(Child("clip", py + ["clip", opts.source, "--bind", addr["clip"],
-                                      "--out", str(out)] + common, restartable=True))
+                                      "--out", str(out), "--clip-format", opts.clip_format,
+                                      "--clip-mode", opts.clip_mode] + common,
+                        restartable=True))
         fusion_argv = py + ["fusion", "--bind", addr["obs"], "--clip", addr["clip"],
                             "--out", str(out), "--expect", groups] + common
         if opts.rules:
@@ -285,10 +300,13 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
             sup.stop()
         collector.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp_lock.release()
         for child in sup.children:  # a daemon killed hard cannot unlink its shared memory
             if child.name == "daemon" and child.proc is not None:
                 remove_leftovers(child.proc.pid)
     elapsed = time.monotonic() - started
+    ending = Ending.of(collector, out, [Path(c["path"]) for c in stats.clips])
+    code = ending.exit_code(code)
     result = RunResult(code, out, read_triggers(out / "triggers.jsonl"),
                        [Path(c["path"]) for c in stats.clips], stats)
     if code == ExitCode.INTERRUPTED:
@@ -300,6 +318,10 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
         for name in lost:
             Console().print(f"[yellow]warning[/]: {name} died and was not restarted; rules "
                             "that read it ran without it (their triggers list it as missing)")
+        if (line := ending.data_loss_line()) is not None:
+            Console().print(f"[bold yellow]{line}", highlight=False, soft_wrap=True)
+        if (line := ending.output_line()) is not None:
+            console.print(f"[bold red]momentbus: {line}", highlight=False, soft_wrap=True)
     return result
 
 
@@ -344,7 +366,8 @@ def _summary(console: Console, info: Any, stats: RunStats, out: Path, elapsed: f
     else:
         out_console.print("triggers: none")
     out_console.print(f"wrote {out / 'triggers.jsonl'}, {len(stats.clips)} clip(s) in "
-                      f"{out / 'clips'}, {collector.count} trace records in {out / 'trace.jsonl'}")
+                      f"{out / 'clips'}, {collector.written} trace records in "
+                      f"{out / 'trace.jsonl'}")
     out_console.print(f"details: momentbus trace summary {out / 'trace.jsonl'}  "
                       f"(or: trace plot ... -o timeline.png)", highlight=False)
     for err in stats.errors[:5]:

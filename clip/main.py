@@ -32,6 +32,8 @@ class ClipConfig:
     source: str
     bind: str
     out_dir: str
+    clip_format: str = "auto"
+    mode: str = "copy"
 
 
 def run(cfg: ClipConfig, tracer: Tracer, stop: StopFlag) -> int:
@@ -56,13 +58,17 @@ def run(cfg: ClipConfig, tracer: Tracer, stop: StopFlag) -> int:
             assert isinstance(msg, Trig)
             t0 = time.perf_counter()
             try:
-                res = write_clip(cfg.source, msg, clips_dir, msg.index, info.duration_ns)
-            except (ClipError, OSError) as e:
+                res = write_clip(cfg.source, msg, clips_dir, msg.index, info.duration_ns,
+                                 clip_format=cfg.clip_format, mode=cfg.mode)
+            except (ClipError, OSError) as e:  # the sidecar says so; the role goes on
                 failed += 1
-                tracer.error("clip", e, rule=msg.rule, t_event_ns=msg.t_event_ns)
+                sidecar = getattr(e, "sidecar", None)
+                tracer.error("clip", e, rule=msg.rule, t_event_ns=msg.t_event_ns,
+                             sidecar=str(sidecar) if sidecar else None)
             else:
                 written += 1
                 tracer.emit("clip", rule=msg.rule, path=str(res.path), t_event_ns=msg.t_event_ns,
+                            container=res.container, mode=res.mode, reused=res.reused,
                             requested_start_ns=res.requested_start_ns,
                             requested_end_ns=res.requested_end_ns,
                             actual_start_ns=res.actual_start_ns, actual_end_ns=res.actual_end_ns,

@@ -149,6 +149,7 @@ def run(cfg: DaemonConfig, tracer: Tracer, stop: StopFlag) -> int:
                     state_file.update(stream, _acked(server, stream))
         tracer.emit("summary", role="daemon", frames=src.video_seq, audio_chunks=src.audio_seq,
                     decode_errors=src.decode_errors, reason=reason,
+                    damage=src.damage.to_trace(),  # what the read could not get (damage.py)
                     groups={g.name: {"delivered": g.delivered, "dropped": g.dropped}
                             for g in server.groups.values()})
         if not stop.is_set():

@@ -54,6 +54,11 @@ DEFAULT_FUTURE_GUARD_NS = 60_000_000_000
 #: An expected group that no member joined within this long is marked absent (model loading
 #: takes 1-3 s here; 60 s leaves room for a slow disk or a first import).
 DEFAULT_JOIN_TIMEOUT_NS = 60_000_000_000
+#: On a file, a silent member holds its group back at most this long before it counts as lost:
+#: longer than the frame bus's member timeout plus rejoin grace (5 + 15 s) plus a restart, so a
+#: member that is coming back is waited for, and one that never will (a process that said
+#: Hello and died, a peer that is not an extractor) cannot stall the job for good.
+DEFAULT_HOLD_TIMEOUT_NS = 60_000_000_000
 #: Observations remembered per group to recognise a duplicate: a repeat comes at most a rejoin
 #: grace after the original (15 s: 375 frames at 25 fps); 8192 is 5 min of 25 fps.
 DEDUP_WINDOW = 8192
@@ -112,11 +117,13 @@ class Aligner:
     def __init__(self, rules: list[Rule], expected_groups: list[str] | None = None, *,
                  idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS,
                  join_timeout_ns: int = DEFAULT_JOIN_TIMEOUT_NS, start_ns: int = 0,
-                 future_guard_ns: int = DEFAULT_FUTURE_GUARD_NS) -> None:
+                 future_guard_ns: int = DEFAULT_FUTURE_GUARD_NS,
+                 hold_timeout_ns: int = DEFAULT_HOLD_TIMEOUT_NS) -> None:
         self.rules = rules
         self.future_guard_ns = future_guard_ns
         self.rejected_count = 0
         self.idle_timeout_ns = idle_timeout_ns
+        self.hold_timeout_ns = hold_timeout_ns
         self.join_timeout_ns = join_timeout_ns
         self.start_ns = start_ns
         groups = set(expected_groups or [])
@@ -315,6 +322,12 @@ class Aligner:
                 member.absent = not self.hold_silent
                 out.members.append({"event": "idle", "member": member.component,
                                     "group": member.group, "holding": self.hold_silent,
+                                    "silent_ms": round((now_ns - member.last_seen_ns) / 1e6)})
+            elif (member.silent and not member.absent and not member.ended
+                    and now_ns - member.last_seen_ns > self.hold_timeout_ns):
+                member.lost = member.absent = True  # waited long enough: it is not coming back
+                out.members.append({"event": "lost", "member": member.component,
+                                    "group": member.group, "reason": "silent",
                                     "silent_ms": round((now_ns - member.last_seen_ns) / 1e6)})
         if now_ns - self.start_ns > self.join_timeout_ns:
             for group in self.expected:

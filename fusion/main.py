@@ -176,8 +176,14 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
             tracer.emit("member", **member)
 
     def accept(delivery: Delivery[Message]) -> None:
-        t = now()
         msg = delivery.msg
+        if not _from_its_sender(delivery):
+            tracer.bad_message(DecodeError(f"{type(msg).__name__} of "
+                                           f"{getattr(msg, 'component', '?')!r} not sent by it "
+                                           f"over a reliable link (from {delivery.sender!r})"))
+            inbox.done(delivery)
+            return
+        t = now()
         kind, header = encode(msg)[:2]  # what was accepted, as the log keeps it
         wal.append(t, bytes(kind), bytes(header), delivery.sender, delivery.incarnation,
                    delivery.rseq)
@@ -231,6 +237,20 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
         if clip_sock is not None:
             clip_sock.close(0)
     return code
+
+
+def _from_its_sender(delivery: Delivery[Message]) -> bool:
+    """Only heartbeats may come plain; a member's data comes over its own reliable link, and
+    the daemon speaks for the source and for members it gave up on."""
+    msg, sender = delivery.msg, delivery.sender
+    if isinstance(msg, Heartbeat):
+        return True
+    if sender is None:
+        return False
+    if sender == "daemon":
+        return isinstance(msg, Welcome) or (isinstance(msg, Eof) and (
+            msg.component == "daemon" or msg.reason == MEMBER_LOST))
+    return getattr(msg, "component", None) == sender
 
 
 def _drain(clip: ReliableSender, inbox: ReliableReceiver[Message], stop: StopFlag) -> bool:

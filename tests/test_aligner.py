@@ -790,3 +790,20 @@ def test_a_lost_member_stops_holding_and_its_group_is_missing() -> None:
     al.on_source_eof(21 * S)
     al.on_eof("f", "face", 21 * S)
     assert al.done()
+
+
+def test_on_a_file_a_member_silent_past_the_hold_timeout_counts_as_lost() -> None:
+    """A member that said Hello and never came back cannot stall a file's job for good."""
+    rec = Recorder("rec", ("face", "quality"))
+    al = Aligner([rec], ["face", "quality"], idle_timeout_ns=2 * S, hold_timeout_ns=60 * S)
+    al.on_source(live=False, now_ns=0)
+    al.on_join("f", "face", 0)
+    al.on_join("q", "quality", 0)
+    al.on_obs(quality("q", 0, 100 * MS), 0)
+    al.on_heartbeat("q", 59 * S)
+    assert [m["event"] for m in al.on_tick(3 * S).members] == ["idle"]
+    assert al.on_tick(59 * S).members == [] and rec.times() == []
+    al.on_heartbeat("q", 61 * S)
+    out = al.on_tick(61 * S)
+    assert [(m["event"], m["member"]) for m in out.members] == [("lost", "f")]
+    assert rec.times() == [100 * MS]

@@ -202,3 +202,43 @@ def test_roles_by_hand_survive_a_daemon_killed_and_restarted(video, clean, tmp_p
             (logs / f"{name}.jsonl").read_text().splitlines() if '"late_obs"' in line]
     assert not late
 
+
+
+def test_a_flood_of_malformed_messages_at_every_end_loses_nothing(video, clean, tmp_path):
+    """10,000 seeded malformed messages at the daemon's frame bus, fusion and the clip role
+    while the job runs: no process dies, the triggers are the clean run's, every bad message is
+    counted."""
+    import random
+
+    import zmq
+
+    from fuzz_messages import malformed
+    from momentbus.ipc import sockets
+
+    out = tmp_path / "out"
+    run = start_run(video, out, tmp_path)
+    wait_for_trace(run, out / "trace.jsonl", lambda r: r["record"] == "timing"
+                   and r["component"] == "extractor:face#1")
+    [rundir] = [p for p in tmp_path.iterdir() if p.name.startswith("momentbus-")]
+    rng = random.Random(20261121)
+    sent = {"frames": 0, "obs": 0, "clip": 0}
+    targets = {name: sockets.connect(zmq.DEALER, f"ipc://{rundir}/{name}", hwm=0)
+               for name in sent}
+    try:
+        for i in range(10_000):
+            name = ("frames", "obs", "clip")[i % 3]
+            targets[name].send_multipart(malformed(rng, reliable=name != "frames"))
+            sent[name] += 1
+    finally:
+        for sock in targets.values():
+            sock.close(2000)
+    _, stderr = finish(run)
+    assert "crashed" not in stderr, stderr[-2000:]
+    assert triggers(out) == clean
+    counted: dict[str, int] = {}
+    for r in records(out):
+        if r["record"] == "bad_message" and "counts" in r:
+            counted[r["component"]] = counted.get(r["component"], 0) + sum(r["counts"].values())
+    assert counted.get("daemon") == sent["frames"]
+    assert counted.get("fusion") == sent["obs"]
+    assert counted.get("clip") == sent["clip"]

@@ -104,3 +104,46 @@ def test_a_torn_trace_is_read_up_to_its_last_whole_line(tmp_path):
     path.write_text("\n".join(whole[:2]) + "\nnot json\n[1, 2]\n\n" + whole[2] + "\n")
     records, bad = read_records(path)
     assert [r["seq"] for r in records] == [0, 1, 2] and bad == 2
+
+
+def test_a_full_disk_stops_the_file_not_the_collector(addr, tmp_path):
+    """trace.jsonl on a full disk (/dev/full: every write fails with ENOSPC, as the collector's
+    "w" open follows the link): no traceback in the thread; records are still received,
+    counted and seen by on_record; the error is kept for the run's last line."""
+    import errno
+
+    path = tmp_path / "trace.jsonl"
+    path.symlink_to("/dev/full")
+    seen = []
+    collector = TraceCollector(addr("trace"), path, on_record=seen.append)
+    collector.start()
+    with Tracer("daemon", collector=addr("trace")) as tracer:
+        for seq in range(50):
+            tracer.emit("timing", seq=seq, stage="read")
+        tracer.emit("summary", role="daemon", frames=50)
+    collector.stop()
+    assert not collector._thread.is_alive()
+    assert collector.count == len(seen) == 51 and collector.written == 0
+    assert collector.write_error is not None and collector.write_error.errno == errno.ENOSPC
+    assert [r["role"] for r in collector.summaries] == ["daemon"]
+
+
+def test_a_trace_file_that_cannot_be_opened_is_reported_not_raised(addr, tmp_path):
+    path = tmp_path / "trace.jsonl"
+    path.mkdir()  # a folder where the file should be
+    collector = TraceCollector(addr("trace"), path)
+    collector.start()
+    with Tracer("fusion", collector=addr("trace")) as tracer:
+        tracer.emit("member", event="join")
+    collector.stop()
+    assert collector.count == 1 and collector.written == 0
+    assert isinstance(collector.write_error, IsADirectoryError)
+
+
+def test_a_full_disk_stops_a_process_own_file_not_the_process(tmp_path):
+    path = tmp_path / "own.jsonl"
+    path.symlink_to("/dev/full")
+    with Tracer("daemon", path=path) as tracer:
+        tracer.emit("member", event="join")  # would raise OSError from a role's loop
+        tracer.emit("member", event="leave")
+    assert tracer.file_error is not None

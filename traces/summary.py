@@ -2,7 +2,9 @@
 
 Reads any trace JSONL, including one from a run that was cut short (a torn last line is
 skipped and counted). Latencies are the extractors' ``process_ms``; frames/s is processed frames
-over the span between a component's first and last timing record (wall clock).
+over the span between a component's first and last timing record (wall clock). ``damage`` is
+what the daemon could not read of its source (:class:`~momentbus.damage.Damage`, from its
+``summary`` record), ``None`` when the trace has no such report.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
+
+from ..damage import Damage
 
 
 def read_records(path: str | Path) -> tuple[list[dict[str, Any]], int]:
@@ -50,6 +54,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     sync: dict[str, list[float]] = defaultdict(list)
     late: Counter[str] = Counter()
     triggers, clips, errors, members, future = [], [], [], [], 0
+    damage: Damage | None = None
     for r in records:
         kind = r.get("record")
         comp = str(r.get("component", "?"))
@@ -74,6 +79,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             errors.append(r)
         elif kind == "member":
             members.append(r)
+        elif kind == "summary" and r.get("role") == "daemon" and "damage" in r:
+            damage = Damage.from_trace(r["damage"]) or damage
     components = {}
     for comp, recs in sorted(timing.items()):
         ms = [float(x["process_ms"]) for x in recs]
@@ -108,6 +115,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                    "actual": [c.get("actual_start_ns"), c.get("actual_end_ns")]}
                   for c in clips],
         "errors": [{"component": e.get("component"), "error": e.get("error")} for e in errors],
+        "damage": None if damage is None else {**damage.to_trace(), "text": damage.describe()},
     }
 
 
@@ -123,6 +131,12 @@ def render(summary: dict[str, Any], bad_lines: int = 0) -> None:
     out = Console()
     out.print(f"{summary['records']} records, {summary['frames_read']} frames read"
               + (f", {bad_lines} malformed line(s) skipped" if bad_lines else ""))
+    damage = summary.get("damage")
+    if damage is not None:
+        line = (f"data loss: {damage['text']}" if damage["lossy"]
+                else f"source: {damage['text']}, no damage")
+        out.print(f"[bold yellow]{line}" if damage["lossy"] else line, highlight=False,
+                  soft_wrap=True)
     t = Table(title="components (process time)", title_justify="left")
     t.add_column("component", no_wrap=True)
     for col in ("frames", "fps", "p50 ms", "p95 ms", "p99 ms", "max ms", "e2e p50 ms"):
