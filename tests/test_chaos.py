@@ -242,3 +242,20 @@ def test_a_flood_of_malformed_messages_at_every_end_loses_nothing(video, clean, 
     assert counted.get("daemon") == sent["frames"]
     assert counted.get("fusion") == sent["obs"]
     assert counted.get("clip") == sent["clip"]
+
+
+def test_two_processes_of_one_kind_are_two_members_of_one_group(video, clean, tmp_path):
+    """`--extractors face,face` used to make both `extractor:face#1` and lose every trigger:
+    they are instances 1 and 2 of group face, sharing its frames."""
+    out = tmp_path / "out"
+    proc = subprocess.run(momentbus_cmd("run", str(video), "--out", str(out), "--quiet",
+                                        "--extractors", "face,face,quality"),
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_nothing_lost(out, clean)
+    timing = [r for r in records(out) if r["record"] == "timing" and "process_ms" in r]
+    by_member = {c: sorted(r["seq"] for r in timing if r["component"] == c)
+                 for c in ("extractor:face#1", "extractor:face#2")}
+    assert by_member["extractor:face#1"] and by_member["extractor:face#2"], "both took frames"
+    assert not set(by_member["extractor:face#1"]) & set(by_member["extractor:face#2"])
