@@ -21,7 +21,6 @@ import av
 
 sys.path.insert(0, str(Path(__file__).parent))
 from live_servers import RtspServer, UdpTsSender, rtsp_unavailable_reason  # noqa: E402
-
 from momentbus.daemon import samples  # noqa: E402
 
 FAST = {"analyzeduration": "0", "probesize": "32"}
@@ -75,7 +74,8 @@ def probe_rtsp(media: Path, repeat: int) -> None:
     url = server.url
     try:
         out("rtsp open default options, tcp", **open_ms(url, TCP, None, repeat))
-        out("rtsp open analyzeduration=0 probesize=32, tcp", **open_ms(url, TCP | FAST, None, repeat))
+        out("rtsp open analyzeduration=0 probesize=32, tcp",
+            **open_ms(url, TCP | FAST, None, repeat))
         out("rtsp open fast + timeout=(5, 2), tcp",
             **open_ms(url, TCP | FAST, (5.0, 2.0), repeat))
         out("rtsp open fast, no rtsp_transport (UDP tried first; server is TCP-only)",

@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     def kick() -> int:
         kicked = 0
 
-        def f(_server: object, _client: object, _data: object = None) -> GstRtspServer.RTSPFilterResult:
+        def f(_server: object, _client: object,
+              _data: object = None) -> GstRtspServer.RTSPFilterResult:
             nonlocal kicked
             kicked += 1
             return GstRtspServer.RTSPFilterResult.REMOVE
@@ -325,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             done = threading.Event()
             keep = [True]
 
-            def run_on_loop(text: str = line) -> bool:
+            def run_on_loop(text: str = line, keep: list[bool] = keep,
+                            done: threading.Event = done) -> bool:
                 keep[0] = command(text)
                 done.set()
                 return False

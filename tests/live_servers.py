@@ -353,11 +353,12 @@ class UdpTsSender:
         self.stop()
 
 
-@pytest.fixture
-def rtsp_server(sample: Callable[..., Path]) -> Iterator[RtspServer]:
-    """A started :class:`RtspServer` serving the sample; stopped (or killed) after the test."""
+@contextlib.contextmanager
+def started_rtsp_server(media: str | os.PathLike[str]) -> Iterator[RtspServer]:
+    """A started :class:`RtspServer` for ``media``, stopped (or killed) on exit; skips the test
+    (with the apt command) where the server cannot run."""
     require_rtsp_server()
-    server = RtspServer(sample())
+    server = RtspServer(media)
     server.start()
     try:
         yield server
@@ -365,11 +366,26 @@ def rtsp_server(sample: Callable[..., Path]) -> Iterator[RtspServer]:
         server.stop()
 
 
-@pytest.fixture
-def udp_ts_sender(sample: Callable[..., Path]) -> Iterator[UdpTsSender]:
-    """A :class:`UdpTsSender` for the sample, not started (the receiver binds the port first)."""
-    sender = UdpTsSender(sample())
+@contextlib.contextmanager
+def stopped_after(sender: UdpTsSender) -> Iterator[UdpTsSender]:
+    """``sender`` (not started: the receiver binds the port first), stopped on exit."""
     try:
         yield sender
     finally:
         sender.stop()
+
+
+# Fixtures, for a test module to import or wrap (the sample comes from conftest's ``sample``).
+
+@pytest.fixture
+def rtsp_server(sample: Callable[..., Path]) -> Iterator[RtspServer]:
+    """A started :class:`RtspServer` serving the sample."""
+    with started_rtsp_server(sample()) as server:
+        yield server
+
+
+@pytest.fixture
+def udp_ts_sender(sample: Callable[..., Path]) -> Iterator[UdpTsSender]:
+    """A :class:`UdpTsSender` for the sample, not started."""
+    with stopped_after(UdpTsSender(sample())) as sender:
+        yield sender

@@ -7,14 +7,27 @@ has a deadline; nothing sleeps; everything is on 127.0.0.1.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import av
 import pytest
-from live_servers import RtspServer, UdpTsSender, rtsp_server, udp_ts_sender  # noqa: F401
+from live_servers import RtspServer, UdpTsSender, started_rtsp_server, stopped_after
 
 FAST = {"analyzeduration": "0", "probesize": "32", "rtsp_transport": "tcp"}
 READ_S = 1.0
 pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def rtsp_server(sample) -> Iterator[RtspServer]:
+    with started_rtsp_server(sample()) as server:
+        yield server
+
+
+@pytest.fixture
+def udp_ts_sender(sample) -> Iterator[UdpTsSender]:
+    with stopped_after(UdpTsSender(sample())) as sender:
+        yield sender
 
 
 def read_packets(container: av.container.InputContainer, n: int) -> list[av.Packet]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import random
 from fractions import Fraction
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from momentbus.daemon.liveclock import (
     MAX_BEHIND_NS,
     LiveClock,
@@ -100,8 +100,8 @@ def test_b_frames_in_presentation_order_come_out_strictly_increasing() -> None:
             pending.remove(p_out)
             emitted.append(clock.stamp_frame(p_out * FRAME_90K, TB90K))
         now.advance(40 * MS)
-    assert all(b > a for a, b in zip(emitted, emitted[1:]))
-    assert {b - a for a, b in zip(emitted, emitted[1:])} == {40 * MS}
+    assert all(b > a for a, b in pairwise(emitted))
+    assert {b - a for a, b in pairwise(emitted)} == {40 * MS}
 
 
 def test_reanchors_when_the_mapped_time_runs_ahead_of_now() -> None:
@@ -154,7 +154,7 @@ def test_t_ns_never_goes_backwards_across_reanchors() -> None:
     out.append(clock.stamp_packet(90_000 + 1, TB90K))  # same instant: maps to now + 11 µs ...
     now.advance(0)
     out.append(clock.stamp_packet(90_000 - 9_000, TB90K))  # dts went back 100 ms
-    assert all(b > a for a, b in zip(out, out[1:]))
+    assert all(b > a for a, b in pairwise(out))
 
 
 def test_t_ns_never_goes_backwards_across_generations() -> None:
@@ -166,8 +166,8 @@ def test_t_ns_never_goes_backwards_across_generations() -> None:
     packets.append(clock.stamp_packet(0, TB90K))
     frames.append(clock.stamp_frame(-2 * FRAME_90K, TB90K))  # leading frame before the anchor
     frames.append(clock.stamp_frame(0, TB90K))
-    assert all(b > a for a, b in zip(packets, packets[1:]))
-    assert all(b > a for a, b in zip(frames, frames[1:]))
+    assert all(b > a for a, b in pairwise(packets))
+    assert all(b > a for a, b in pairwise(frames))
 
 
 def test_t_ns_never_repeats_when_the_clock_does_not_advance() -> None:
@@ -190,7 +190,7 @@ def test_missing_dts_before_the_anchor_gets_the_arrival_time_and_does_not_anchor
     assert anchor == now.t and clock.anchored
     now.advance(50 * MS)
     assert clock.stamp_packet(first[4][1], TB90K) == anchor + round(3754 * S / 90_000)
-    assert all(b > a for a, b in zip(out, out[1:] + [anchor]))
+    assert all(b > a for a, b in pairwise([*out, anchor]))
 
 
 def test_missing_dts_after_the_anchor_is_predicted_from_the_last_step() -> None:
