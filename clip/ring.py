@@ -73,7 +73,7 @@ from .bitstream import (
 from .mp4edits import Mp4EditError, set_presentation_ends
 
 __all__ = [
-    "ClipPlan", "ClipWriteError", "EmptyWindowError", "EncodedPacket", "PacketDropped",
+    "ClipMode", "ClipPlan", "ClipWriteError", "EmptyWindowError", "EncodedPacket", "PacketDropped",
     "PacketRing", "RingClip", "RingError", "StreamDescription", "StreamKind", "TrimEarly",
     "UnknownStreamError", "UnsupportedStreamError", "WireError", "fill_timestamps",
     "TimedPacket", "packets_from_file", "plan_clip", "ring_clip_sidecar", "write_clip",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
 import sys
 import threading
@@ -112,6 +113,22 @@ def probe_rtsp(media: Path, repeat: int) -> None:
         out("rtsp packets 13..212", durations=sorted(durations, key=str), none_pts=none_pts,
             none_dts=none_dts, keyframe_packet_numbers=keys)
 
+        c.close()
+        for run in range(3):  # when RTCP's first sender report lands varies per connection
+            c2 = av.open(url, options=TCP | FAST, timeout=(5.0, 2.0))
+            t0 = time.monotonic()
+            n = 0
+            for _ in c2.demux(c2.streams.video[0]):
+                n += 1
+                if c2.start_time_realtime or time.monotonic() - t0 > 12:
+                    break
+            out("rtsp start_time_realtime, new connection", run=run, after_ms=ms(t0), packets=n,
+                minus_wall_now_us=(c2.start_time_realtime - time.time_ns() // 1000
+                                   if c2.start_time_realtime else None))
+            c2.close()
+        c = av.open(url, options=TCP | FAST, timeout=(5.0, 2.0))
+        first_packets(c, 5)
+
         # server kill while demuxing
         t_kill = [0.0]
         server.kill()
@@ -205,20 +222,41 @@ def probe_udp(media: Path, repeat: int) -> None:
             width=v.codec_context.width, start_time=v.start_time,
             start_time_realtime=c.start_time_realtime)
         out("udp first packets", packets=first_packets(c, 12))
-        sender.pause()
-        t_stop = [time.monotonic()]
-        res = demux_until_end(c, t_stop)
-        out("udp demux() after the sender pauses, timeout=(5, 2)", **res)
         c.close()
-        sender.resume()
+        for read_s in (1.0, 2.0):
+            c = av.open(url, timeout=(10.0, read_s))
+            first_packets(c, 20)
+            sender.pause()
+            t_stop = [time.monotonic()]
+            res = demux_until_end(c, t_stop)
+            out("udp demux() after the sender pauses, timeout=(10, read_s)", read_s=read_s, **res,
+                ratio=round(res["after_ms"] / 1000 / read_s, 2))
+            c.close()
+            sender.resume()
     finally:
         sender.stop()
+
+
+def probe_mute_server() -> None:
+    """A TCP server that accepts and never answers: av.open's open timeout."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        for timeout in ((1.0, 5.0), (2.0, 0.5)):
+            t0 = time.monotonic()
+            try:
+                av.open(f"rtsp://127.0.0.1:{port}/x", options=TCP | FAST, timeout=timeout)
+                out("mute server", timeout=timeout, result="opened?!")
+            except (av.FFmpegError, OSError) as e:
+                out("rtsp open against a server that accepts and never answers", timeout=timeout,
+                    exception=type(e).__name__, after_ms=ms(t0))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--only", choices=("rtsp", "udp"))
+    ap.add_argument("--only", choices=("rtsp", "udp", "mute"))
     args = ap.parse_args()
     media = samples.path()
     out("versions", av=av.__version__, ffmpeg=av.ffmpeg_version_info)
@@ -230,6 +268,8 @@ def main() -> int:
             probe_rtsp(media, args.repeat)
     if args.only in (None, "udp"):
         probe_udp(media, args.repeat)
+    if args.only in (None, "mute"):
+        probe_mute_server()
     return 0
 
 
