@@ -38,8 +38,10 @@ Clips (:func:`plan_clip` then :func:`write_clip`, or :func:`write_ring_clip`):
 
 A clip never spans a generation boundary; it ends at the disconnect (``cut_short_by``). A
 ``t_start`` before the ring's head gets the head, one inside an outage gets the next
-generation's first keyframe (``pre_roll_clipped_ns`` / ``pre_roll_clipped_by``). Writes are atomic
-(temporary file + ``os.replace``).
+generation's first keyframe (``pre_roll_clipped_ns`` / ``pre_roll_clipped_by``). A dts jump
+inside a generation (backwards, or more than :data:`MAX_DTS_GAP_NS` forwards) is treated like a
+generation boundary: clips end before it and the next keyframe after it starts a new stretch.
+Writes are atomic (temporary file + ``os.replace``).
 
 Containers and codecs: mp4 with H.264 or HEVC video and AAC audio. Another audio codec is left out
 of the clip (``audio_dropped``); another video codec raises :class:`UnsupportedStreamError`.
@@ -671,6 +673,25 @@ def _discontinuity(packets: Sequence[EncodedPacket], gap_ticks: int) -> int:
     return len(packets)
 
 
+def _segments(packets: Sequence[EncodedPacket], stream: StreamDescription | None,
+              keyed: bool) -> list[list[TimedPacket]]:
+    """``packets`` (one stream, one generation, decode order) filled and split at timestamp
+    discontinuities; with ``keyed`` each piece starts at a keyframe (packets between a
+    discontinuity and the next keyframe cannot start a clip and are left out)."""
+    out: list[list[TimedPacket]] = []
+    rest = list(packets)
+    while rest:
+        timed, discontinuity = fill_timestamps(rest, stream)
+        out.append(timed)
+        if not discontinuity:
+            break
+        rest = rest[len(timed):]
+        if keyed:
+            k = next((i for i, p in enumerate(rest) if p.keyframe), None)
+            rest = rest[k:] if k is not None else []
+    return out
+
+
 # --- planning ---
 
 ClipMode = Literal["edit_list", "keyframe"]
@@ -692,7 +713,7 @@ class ClipPlan:
     first_shown_index: int  #: into video_packets: the first frame presented
     last_shown_index: int  #: into video_packets: the last frame presented
     pre_roll_clipped_ns: int
-    pre_roll_clipped_by: Literal["ring_head", "outage"] | None
+    pre_roll_clipped_by: Literal["ring_head", "outage", "timestamp_discontinuity"] | None
     cut_short_by: Literal["generation_end", "ring_end", "timestamp_discontinuity"] | None
     audio_dropped: str | None
 
@@ -725,61 +746,59 @@ def plan_clip(ring: PacketRing, t_start_ns: int, t_end_ns: int,
     """
     if t_end_ns < t_start_ns:
         raise ValueError(f"t_end_ns {t_end_ns} < t_start_ns {t_start_ns}")
-    timelines: dict[int, tuple[list[TimedPacket], bool]] = {}
+    # every stretch of continuous timestamps, oldest first: (generation, its pieces)
+    pieces: list[tuple[int, list[TimedPacket]]] = []
     for g in ring.generations:
         key, _ = ring.snapshot(g)
-        streams = ring.streams(g)
-        timelines[g] = fill_timestamps(key, streams.get(key[0].stream_index) if key else None)
-    chosen = None
-    clipped_by: Literal["ring_head", "outage"] | None = None
-    for i, g in enumerate(sorted(timelines)):
-        timed, _ = timelines[g]
-        if not timed:
-            continue
-        first = min(t.t_ns for t in timed)
-        last = max(t.t_ns for t in timed)
+        desc = ring.streams(g).get(key[0].stream_index) if key else None
+        pieces += [(g, piece) for piece in _segments(key, desc, keyed=True)]
+    chosen: int | None = None
+    clipped_by: Literal["ring_head", "outage", "timestamp_discontinuity"] | None = None
+    for i, (g, piece) in enumerate(pieces):
+        first = min(t.t_ns for t in piece)
+        last = max(t.t_ns for t in piece)
         if first <= t_start_ns <= last:
-            chosen = g
+            chosen = i
             break
         if t_start_ns < first:
             if first <= t_end_ns:
-                chosen = g
-                clipped_by = "ring_head" if i == 0 else "outage"
+                chosen = i
+                clipped_by = ("ring_head" if i == 0 else
+                              "outage" if pieces[i - 1][0] != g else "timestamp_discontinuity")
             break
     if chosen is None:
         raise EmptyWindowError(
             f"no frame in [{t_start_ns}, {t_end_ns}] ns (ring head {ring.head_t_ns}, "
             f"newest {ring.newest_t_ns})")
-    timed, discontinuity = timelines[chosen]
-    streams = ring.streams(chosen)
+    generation, timed = pieces[chosen]
+    last_piece_of_generation = chosen + 1 == len(pieces) or pieces[chosen + 1][0] != generation
+    streams = ring.streams(generation)
     video = streams[timed[0].packet.stream_index]
     if video.kind is not StreamKind.VIDEO or video.codec not in VIDEO_CODECS:
         raise UnsupportedStreamError(f"key stream {video.codec!r}: the mp4 writer takes "
                                      f"{', '.join(VIDEO_CODECS)} video")
-    # the keyframe at or before t_start (else the generation's first)
-    key_positions = [i for i, t in enumerate(timed) if t.packet.keyframe]
-    start = key_positions[0]
-    for i in key_positions:
-        if timed[i].t_ns <= t_start_ns:
+    # the keyframe at or before t_start (else the piece's first)
+    start = 0
+    for i, t in enumerate(timed):
+        if t.packet.keyframe and t.t_ns <= t_start_ns:
             start = i
     timed = timed[start:]
     keyframe_t = timed[0].t_ns
     show_from = keyframe_t if mode == "keyframe" else max(t_start_ns, keyframe_t)
     shown = [i for i, t in enumerate(timed) if show_from <= t.t_ns <= t_end_ns]
     if not shown:
-        raise EmptyWindowError(f"no frame of generation {chosen} in [{t_start_ns}, {t_end_ns}]")
-    last_needed = max(shown)
-    timed = timed[:last_needed + 1]
+        raise EmptyWindowError(
+            f"no frame of generation {generation} in [{t_start_ns}, {t_end_ns}]")
+    timed = timed[:max(shown) + 1]
     first_shown = min(shown, key=lambda i: timed[i].t_ns)
     last_shown = max(shown, key=lambda i: timed[i].t_ns)
     pre_roll_clipped = max(0, timed[first_shown].t_ns - t_start_ns) if clipped_by else 0
-    ended, newest = ring.generation_info(chosen)
+    ended, newest = ring.generation_info(generation)
     cut_short: Literal["generation_end", "ring_end", "timestamp_discontinuity"] | None = None
-    if timed[last_shown].end_ns <= t_end_ns:
-        # nothing after the last shown frame reaches t_end: why?
-        if discontinuity and last_needed == len(timelines[chosen][0]) - 1 - start:
+    if timed[last_shown].end_ns <= t_end_ns:  # the frames stop before t_end: why?
+        if not last_piece_of_generation:
             cut_short = "timestamp_discontinuity"
-        elif ended and (newest is None or newest < t_end_ns):
+        elif ended:
             cut_short = "generation_end"
         elif newest is None or newest < t_end_ns:
             cut_short = "ring_end"
@@ -795,15 +814,17 @@ def plan_clip(ring: PacketRing, t_start_ns: int, t_end_ns: int,
                 audio_dropped = f"{audio_desc.codec} cannot go into mp4 here (only AAC)"
                 audio_desc = None
     if audio_desc is not None:
-        _, others = ring.snapshot(chosen)
+        _, others = ring.snapshot(generation)
         apk = [p for p in others if p.stream_index == audio_desc.index]
-        atimed, _ = fill_timestamps(apk, audio_desc)
         lo = keyframe_t if mode == "keyframe" else timed[first_shown].t_ns
         hi = timed[last_shown].end_ns
-        audio_timed = [t for t in atimed if t.end_ns > lo and t.t_ns < hi]
+        # the audio piece (continuous timestamps) that overlaps the clip most
+        overlaps = [[t for t in piece if t.end_ns > lo and t.t_ns < hi]
+                    for piece in _segments(apk, audio_desc, keyed=False)]
+        audio_timed = max(overlaps, key=len, default=[])
         if not audio_timed:
             audio_desc = None
-    return ClipPlan(mode, chosen, video, audio_desc, tuple(timed), tuple(audio_timed),
+    return ClipPlan(mode, generation, video, audio_desc, tuple(timed), tuple(audio_timed),
                     t_start_ns, t_end_ns, keyframe_t, first_shown, last_shown, pre_roll_clipped,
                     clipped_by, cut_short, audio_dropped)
 

@@ -235,6 +235,13 @@ def test_timestamp_discontinuity_ends_the_clip(real, tmp_path) -> None:
     plan = plan_clip(ring, T0, T0 + 8 * S)
     assert plan.cut_short_by == "timestamp_discontinuity"
     assert len(plan.video_packets) == 100
+    # after the jump the next keyframe (packet 144, 6.006 s) starts a new stretch a clip can use
+    # (t_ns stays continuous: the live clock re-anchors on such a jump)
+    after = plan_clip(ring, T0 + 5 * S, T0 + 20 * S)
+    assert after.pre_roll_clipped_by == "timestamp_discontinuity"
+    assert after.video_packets[0].packet is jump[144]
+    clip = write_ring_clip(ring, T0 + 17 * S, T0 + 18 * S, tmp_path / "d.mp4")
+    assert len(decoded(clip.path)) == clip.shown_frames == 24
 
 
 # --- the ring ---
