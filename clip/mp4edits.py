@@ -48,18 +48,6 @@ class TrackEdits:
     tkhd_duration: int
     edits: tuple[EditEntry, ...]
 
-    def presentation_window_s(self, movie_timescale: int) -> tuple[Fraction, Fraction] | None:
-        """(first shown media time, last media time shown + epsilon) in seconds of the media
-        timeline, from the first non-empty edit; ``None`` without one."""
-        delay = Fraction(0)
-        for e in self.edits:
-            if e.media_time == -1:
-                delay += Fraction(e.segment_duration, movie_timescale)
-                continue
-            start = Fraction(e.media_time, self.media_timescale)
-            return start, start + Fraction(e.segment_duration, movie_timescale)
-        return None
-
 
 @dataclass(frozen=True, slots=True)
 class MovieEdits:
