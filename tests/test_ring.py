@@ -493,3 +493,14 @@ def test_rtsp_packets_through_the_live_clock_make_exact_clips(rtsp_server: RtspS
     cut = write_ring_clip(ring, t1 - S, t1 + 3 * S, tmp_path / "cut.mp4")
     assert cut.generation == 1 and cut.cut_short_by == "generation_end"
     assert len(decoded(cut.path)) == cut.shown_frames
+
+
+def test_hevc_with_hvcc_extradata_makes_an_edit_list_clip(sample, tmp_path) -> None:
+    """The other sample codec: HEVC in .mov (hvcC, VFR ~26 fps), audio as stream 0."""
+    descs, packets = packets_from_file(sample("face_noface.mov"), t0_ns=T0)
+    assert {d.codec for d in descs} == {"hevc", "aac"}
+    ring = full_ring(descs, packets)
+    clip = write_ring_clip(ring, T0 + 2_500_000_000, T0 + 3 * S, tmp_path / "h.mp4")
+    frames = decoded(clip.path)
+    assert clip.lead_in_packets > 0 and len(frames) == clip.shown_frames > 0
+    assert frames[0].pts == 0 and 0 <= clip.actual_start_ns - (T0 + 2_500_000_000) < 60_000_000
