@@ -63,6 +63,7 @@ from typing import Any, Literal
 
 import av
 
+from ..ipc.schema import Packet, StreamSpec
 from ..ipc.timebase import ns_to_pts, pts_to_ns
 from .bitstream import (
     BitstreamError,
@@ -77,7 +78,7 @@ from .mp4edits import Mp4EditError, set_presentation_ends
 __all__ = [
     "ClipMode", "ClipPlan", "ClipWriteError", "EmptyWindowError", "EncodedPacket", "PacketDropped",
     "PacketRing", "RingClip", "RingError", "StreamDescription", "StreamKind", "TrimEarly",
-    "UnknownStreamError", "UnsupportedStreamError", "WireError", "fill_timestamps",
+    "UnknownStreamError", "UnsupportedStreamError", "fill_timestamps",
     "TimedPacket", "packets_from_file", "plan_clip", "ring_clip_sidecar", "write_clip",
     "write_json_atomic", "write_ring_clip",
 ]
@@ -93,7 +94,6 @@ REORDER_MARGIN_NS = 250_000_000
 #: The live clock's re-anchor threshold (DESIGN.md, Time: "more than 2 s behind").
 MAX_DTS_GAP_NS = 2_000_000_000
 
-WIRE_VERSION = 1
 VIDEO_CODECS = ("h264", "hevc")
 AUDIO_CODECS = ("aac",)
 
@@ -116,10 +116,6 @@ class EmptyWindowError(RingError, LookupError):
     all inside an outage, or not received yet)."""
 
 
-class WireError(RingError, ValueError):
-    """A header from the bus does not describe a packet/stream (missing key, wrong type)."""
-
-
 class ClipWriteError(RingError, OSError):
     """The mp4 could not be written (muxer error, disk, malformed parameter sets)."""
 
@@ -127,30 +123,6 @@ class ClipWriteError(RingError, OSError):
 class StreamKind(str, Enum):
     VIDEO = "video"
     AUDIO = "audio"
-
-
-def _fraction(value: Any, what: str) -> Fraction:
-    if (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            and value[1] > 0):
-        return Fraction(value[0], value[1])
-    raise WireError(f"{what}: expected [num, den>0], got {value!r}")
-
-
-def _get(header: Mapping[str, Any], key: str, types: type | tuple[type, ...],
-         optional: bool = False) -> Any:
-    if key not in header:
-        if optional:
-            return None
-        raise WireError(f"missing {key!r}")
-    value = header[key]
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise WireError(f"{key!r}: expected {types}, got bool")
-    if not isinstance(value, types):
-        raise WireError(f"{key!r}: expected {types}, got {type(value).__name__}")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,37 +168,20 @@ class StreamDescription:
                    extradata, sample_rate=ctx.sample_rate, layout=ctx.layout.name,
                    sample_format=ctx.format.name if ctx.format is not None else None)
 
-    def to_wire(self) -> dict[str, Any]:
-        """A MessagePack/JSON-friendly dict (bytes stay bytes for MessagePack)."""
-        return {"v": WIRE_VERSION, "index": self.index, "kind": self.kind.value,
-                "codec": self.codec, "tb": [self.time_base.numerator, self.time_base.denominator],
-                "extradata": self.extradata, "width": self.width, "height": self.height,
-                "pix_fmt": self.pix_fmt,
-                "rate": ([self.frame_rate.numerator, self.frame_rate.denominator]
-                         if self.frame_rate else None),
-                "sample_rate": self.sample_rate, "layout": self.layout,
-                "sample_format": self.sample_format}
+    def to_spec(self) -> StreamSpec:
+        """The description as the wire carries it (:class:`~momentbus.ipc.schema.StreamSpec`)."""
+        return StreamSpec(index=self.index, kind=self.kind.value, codec=self.codec,
+                          time_base=self.time_base, extradata=self.extradata, width=self.width,
+                          height=self.height, pix_fmt=self.pix_fmt, frame_rate=self.frame_rate,
+                          sample_rate=self.sample_rate, layout=self.layout,
+                          sample_format=self.sample_format)
 
     @classmethod
-    def from_wire(cls, header: Mapping[str, Any]) -> StreamDescription:
-        """Raises: WireError: a missing key, a wrong type, an unknown version or kind."""
-        if header.get("v") != WIRE_VERSION:
-            raise WireError(f"stream description version {header.get('v')!r}")
-        try:
-            kind = StreamKind(_get(header, "kind", str))
-        except ValueError:
-            raise WireError(f"unknown stream kind {header.get('kind')!r}") from None
-        rate = header.get("rate")
-        return cls(
-            index=_get(header, "index", int), kind=kind, codec=_get(header, "codec", str),
-            time_base=_fraction(header.get("tb"), "tb"),
-            extradata=bytes(_get(header, "extradata", (bytes, bytearray))),
-            width=_get(header, "width", int), height=_get(header, "height", int),
-            pix_fmt=_get(header, "pix_fmt", str, optional=True),
-            frame_rate=_fraction(rate, "rate") if rate is not None else None,
-            sample_rate=_get(header, "sample_rate", int),
-            layout=_get(header, "layout", str, optional=True),
-            sample_format=_get(header, "sample_format", str, optional=True))
+    def from_spec(cls, spec: StreamSpec) -> StreamDescription:
+        """From the wire (already validated by the schema)."""
+        return cls(spec.index, StreamKind(spec.kind), spec.codec, spec.time_base,
+                   spec.extradata, spec.width, spec.height, spec.pix_fmt, spec.frame_rate,
+                   spec.sample_rate, spec.layout, spec.sample_format)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,28 +222,18 @@ class EncodedPacket:
             return self.t_ns
         return self.t_ns + pts_to_ns(self.pts - self.dts, self.time_base)
 
-    def to_wire(self) -> tuple[dict[str, Any], bytes]:
-        """(header, payload): the header is MessagePack/JSON-friendly, the payload is sent as
-        its own frame (zero-copy on the bus)."""
-        return ({"v": WIRE_VERSION, "pts": self.pts, "dts": self.dts, "duration": self.duration,
-                 "tb": [self.time_base.numerator, self.time_base.denominator],
-                 "key": self.keyframe, "t_ns": self.t_ns, "gen": self.generation,
-                 "stream": self.stream_index, "kind": self.kind.value}, self.data)
+    def to_message(self, source_id: str, seq: int) -> Packet:
+        """The packet as the wire carries it (its bytes are the message's payload part)."""
+        return Packet(source_id=source_id, seq=seq, generation=self.generation,
+                      stream_index=self.stream_index, kind=self.kind.value, pts=self.pts,
+                      dts=self.dts, duration=self.duration, time_base=self.time_base,
+                      keyframe=self.keyframe, t_ns=self.t_ns, data=self.data)
 
     @classmethod
-    def from_wire(cls, header: Mapping[str, Any], payload: bytes | memoryview) -> EncodedPacket:
-        """Raises: WireError: a missing key, a wrong type, an unknown version or kind."""
-        if header.get("v") != WIRE_VERSION:
-            raise WireError(f"packet header version {header.get('v')!r}")
-        try:
-            kind = StreamKind(_get(header, "kind", str))
-        except ValueError:
-            raise WireError(f"unknown stream kind {header.get('kind')!r}") from None
-        return cls(bytes(payload), _get(header, "pts", int, optional=True),
-                   _get(header, "dts", int, optional=True), _get(header, "duration", int),
-                   _fraction(header.get("tb"), "tb"), _get(header, "key", bool),
-                   _get(header, "t_ns", int), _get(header, "gen", int),
-                   _get(header, "stream", int), kind)
+    def from_message(cls, msg: Packet) -> EncodedPacket:
+        """From the wire (already validated by the schema); the payload is copied."""
+        return cls(bytes(msg.data), msg.pts, msg.dts, msg.duration, msg.time_base, msg.keyframe,
+                   msg.t_ns, msg.generation, msg.stream_index, StreamKind(msg.kind))
 
 
 # --- ring events (for the trace) ---

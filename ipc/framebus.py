@@ -50,8 +50,8 @@ from numpy.typing import NDArray
 from . import sockets
 from .errors import DecodeError, PeerTimeoutError
 from .sampling import FpsSampler
-from .schema import (AudioChunk, Credit, Eof, Frame, Gap, Heartbeat, Hello, Message, Rejoin,
-                     ShmRef, Welcome)
+from .schema import (AudioChunk, Credit, Eof, Frame, Gap, Heartbeat, Hello, Message, Packet,
+                     Rejoin, ShmRef, StreamInfo, Welcome)
 from .shm import DEFAULT_SLOTS, SlotRing
 from .vocab import GapReason
 
@@ -74,13 +74,21 @@ REJOIN_AFTER_S = 1.5
 #: Bounds on what peers can make the server hold (each Hello can create a group or a member).
 MAX_GROUPS = 64
 MAX_MEMBERS = 256
+#: A live source never waits for its readers: an ``every`` group (audio, the clip role's
+#: packets) keeps at most this many items queued, then drops the oldest (traced). 1,000 packets
+#: are 40 s of 25 fps video, far beyond a healthy reader's lag.
+LIVE_QUEUE_LIMIT = 1000
 
-Item = Frame | AudioChunk
+Item = Frame | AudioChunk | Packet | StreamInfo
 TraceFn = Callable[..., None]
 
 
 def _stream_of(item: Item) -> str:
-    return "video" if isinstance(item, Frame) else "audio"
+    if isinstance(item, Frame):
+        return "video"
+    if isinstance(item, AudioChunk):
+        return "audio"
+    return "packets"
 
 
 @dataclass(eq=False)
@@ -257,7 +265,10 @@ class FrameBusServer:
                 self._refuse(hello, "too many groups")
                 return
             policy = hello.policy
-            if policy == "every" and self.expected and hello.group not in self.expected:
+            if policy == "auto":  # live video: the newest frame; anything else: lossless
+                policy = "latest" if self.welcome.live and stream == "video" else "every"
+            if policy == "every" and self.expected and hello.group not in self.expected \
+                    and not self.welcome.live:
                 policy = "latest"  # only expected groups may hold the source back
                 self._trace("member", event="downgraded", member=hello.component,
                             group=hello.group, policy=policy,
@@ -375,7 +386,7 @@ class FrameBusServer:
 
     def can_accept(self) -> bool:
         """False while some ``every`` group that is served or waiting for a member has a full
-        queue (backpressure)."""
+        queue (backpressure). A live source does not ask: it cannot wait."""
         if self.ring is not None and self.ring.free == 0:
             return False  # every slot leased: wait for credits (readers finishing)
         self._expire_pins()
@@ -466,6 +477,14 @@ class FrameBusServer:
             if not group.members:
                 self._drop_unserved(group, item)
                 continue
+            if self.welcome.live and group.policy == "every" \
+                    and len(group.queue) >= LIVE_QUEUE_LIMIT:
+                old = group.queue.popleft()  # a live source cannot wait: the oldest goes
+                group.dropped += 1
+                group.outstanding.discard(old.seq)
+                self._trace("frame_drop", group=group.name, seqs=[old.seq],
+                            reason="queue_full", t_ns=old.t_ns)
+                self._release(old)
             if group.policy == "latest" and group.queue:
                 old = group.queue.pop()
                 group.add_gap(old.seq, "latest")
@@ -642,7 +661,7 @@ class FrameBusClient:
         self._now = now
         self.sock = sockets.connect(zmq.DEALER, address, hwm=0)
         self.inbox: sockets.Receiver[Message] = sockets.Receiver(
-            self.sock, (Welcome, Frame, AudioChunk, Eof, Heartbeat, Rejoin),
+            self.sock, (Welcome, Frame, AudioChunk, Packet, StreamInfo, Eof, Heartbeat, Rejoin),
             where="the frame bus client")
         self.welcome: Welcome | None = None
         self.last_seq = hello.last_seq
@@ -694,7 +713,7 @@ class FrameBusClient:
         """Malformed or unexpected messages received and skipped."""
         return self.inbox.bad_total
 
-    def recv(self, timeout_ms: int = 100) -> Frame | AudioChunk | Eof | None:
+    def recv(self, timeout_ms: int = 100) -> Item | Eof | None:
         """The next item, an :class:`Eof` (end of stream), or ``None`` if nothing came within
         ``timeout_ms``. Call :meth:`done` after each item to return its credit.
 
@@ -722,7 +741,7 @@ class FrameBusClient:
                 if self._hello_pending:
                     self._welcomed(msg)
                 continue
-            if isinstance(msg, (Frame, AudioChunk)):
+            if isinstance(msg, (Frame, AudioChunk, Packet, StreamInfo)):
                 if self.welcome is not None and msg.source_id != self.welcome.source_id:
                     self.inbox._count(DecodeError(f"{type(msg).__name__} of source "
                                                   f"{msg.source_id[:64]!r}, not "

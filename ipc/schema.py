@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from .errors import DecodeError, OversizeError, SchemaVersionError, UnknownKindError
 from .payloads import AnyPayload, NonNegInt, Payload, SpeechSegment, TimeNs
-from .vocab import NAME_PATTERN, Encoding, GapReason, Policy, Stream
+from .vocab import NAME_PATTERN, Encoding, GapReason, MediaKind, Policy, Stream
 
 #: Version 2: payloads are typed Structs under ``payload`` (version 1 carried dicts).
 SCHEMA_VERSION: Final = 2
@@ -195,6 +195,8 @@ class Frame(Message, frozen=True, kw_only=True):
     capture_wall_ns: WallNs
     width: Dimension
     height: Dimension
+    #: the live connection the frame came from (1, 2, ... after each reconnect; 0: a file)
+    generation: NonNegInt = 0
     encoding: Encoding = "raw"
     gaps: Annotated[list[Gap], Meta(max_length=100_000)] = []
     shm: ShmRef | None = None
@@ -256,6 +258,7 @@ class AudioChunk(Message, frozen=True, kw_only=True):
     sample_rate: Annotated[int, Meta(ge=1, le=384_000)]
     channels: Annotated[int, Meta(ge=1, le=32)]
     n_samples: Annotated[int, Meta(ge=0, le=10_000_000)]
+    generation: NonNegInt = 0
     data: Any = None
 
     def __eq__(self, other: object) -> bool:
@@ -281,6 +284,66 @@ class AudioChunk(Message, frozen=True, kw_only=True):
             raise DecodeError(f"audio chunk {self.seq}: {arr.size} samples, header says "
                               f"{self.n_samples}x{self.channels}")
         return arr.reshape(self.n_samples, self.channels)
+
+
+class StreamSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a muxer needs to write one encoded stream without its source container: the codec,
+    time base, codec extradata (H.264 SPS/PPS, AAC config), and geometry or audio layout."""
+
+    index: Annotated[int, Meta(ge=0, le=64)]
+    kind: MediaKind
+    codec: Annotated[str, Meta(pattern=r"^[a-z0-9_]{1,32}$")]
+    time_base: Fraction
+    extradata: Annotated[bytes, Meta(max_length=1 << 16)] = b""
+    width: Annotated[int, Meta(ge=0, le=16384)] = 0
+    height: Annotated[int, Meta(ge=0, le=16384)] = 0
+    pix_fmt: Annotated[str, Meta(max_length=32)] | None = None
+    frame_rate: Fraction | None = None
+    sample_rate: Annotated[int, Meta(ge=0, le=384_000)] = 0
+    layout: Annotated[str, Meta(max_length=32)] | None = None
+    sample_format: Annotated[str, Meta(max_length=32)] | None = None
+
+
+class StreamInfo(Message, frozen=True, kw_only=True):
+    """A live connection (``generation``) began: the streams its packets belong to. Sent on the
+    ``packets`` stream before the generation's first packet; ``seq`` shares the packets' counter."""
+
+    KIND: ClassVar[bytes] = b"streams"
+    source_id: StreamSourceId
+    seq: Seq
+    t_ns: TimeNs
+    generation: NonNegInt
+    streams: Annotated[list[StreamSpec], Meta(min_length=1, max_length=16)]
+
+
+class Packet(Message, frozen=True, kw_only=True):
+    """One encoded packet of a live source, at full quality, for the clip role's ring buffer.
+
+    ``pts``/``dts``/``duration`` in ``time_base`` exactly as the source gave them (``None``:
+    missing, as RTSP's first packets; ``duration`` 0: unknown); ``t_ns``: the live clock's time of
+    its dts. Payload: one part, the packet's bytes.
+    """
+
+    KIND: ClassVar[bytes] = b"packet"
+    PAYLOAD_PARTS: ClassVar[int] = 1
+    source_id: StreamSourceId
+    seq: Seq
+    generation: NonNegInt
+    stream_index: Annotated[int, Meta(ge=0, le=64)]
+    kind: MediaKind
+    pts: TimeNs | None
+    dts: TimeNs | None
+    duration: Annotated[int, Meta(ge=0, le=1 << 40)] = 0
+    time_base: Fraction
+    keyframe: bool = False
+    t_ns: TimeNs
+    data: Any = None
+
+    def __eq__(self, other: object) -> bool:
+        return _fields_equal(self, other)
+
+    def payload_parts(self) -> list[Buffer]:
+        return [b"" if self.data is None else self.data]
 
 
 # ---------------------------------------------------------------------------- observations
@@ -390,7 +453,7 @@ class TraceRecord(Message, frozen=True, kw_only=True):
 
 MESSAGE_TYPES: Final[dict[bytes, type[Message]]] = {
     cls.KIND: cls for cls in (Hello, Welcome, Rejoin, Credit, Heartbeat, Frame, AudioChunk,
-                              Watermark, Obs, Trig, Eof, TraceRecord, Ack)}
+                              StreamInfo, Packet, Watermark, Obs, Trig, Eof, TraceRecord, Ack)}
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -544,6 +607,9 @@ def _check_payload(msg: Message, buf: Buffer) -> None:
     elif isinstance(msg, AudioChunk):
         if len(buf) != msg.n_samples * msg.channels * 4:
             raise DecodeError(f"audio chunk {msg.seq}: payload does not match header")
+    elif isinstance(msg, Packet):
+        if not len(buf):
+            raise DecodeError(f"packet {msg.seq}: empty payload")
 
 
 def _as_memoryview(arr: NDArray[Any]) -> memoryview:

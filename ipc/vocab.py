@@ -63,10 +63,15 @@ NS_PER_SAMPLE: Final = 1_000_000_000 // AUDIO_RATE
 
 # ---------------------------------------------------------------------------- streams and bus
 
-Stream = Literal["video", "audio"]
+#: What a frame-bus member reads: decoded video frames, audio chunks, or the source's encoded
+#: packets (the clip role's live ring buffer).
+Stream = Literal["video", "audio", "packets"]
 STREAMS: Final[tuple[Stream, ...]] = get_args(Stream)
-#: ``every``: lossless, in order, backpressure on the source; ``latest``: newest frame on credit.
-Policy = Literal["every", "latest"]
+#: ``every``: lossless, in order, backpressure on the source; ``latest``: newest frame on credit;
+#: ``auto``: ``latest`` for the video of a live source, ``every`` otherwise (the daemon decides).
+Policy = Literal["every", "latest", "auto"]
+#: The kind of an encoded stream.
+MediaKind = Literal["video", "audio"]
 #: ``raw`` BGR24 bytes, ``jpeg``, or ``shm`` (same host: pixels in the daemon's shared memory).
 Encoding = Literal["raw", "jpeg", "shm"]
 #: Why the frame bus did not send a recipient some seqs: its group's sampling, a newer frame

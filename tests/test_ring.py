@@ -14,6 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import msgpack
 import pytest
 from live_servers import RtspServer, started_rtsp_server
 from momentbus.clip.mp4edits import read_edit_lists
@@ -29,7 +30,6 @@ from momentbus.clip.ring import (
     TrimEarly,
     UnknownStreamError,
     UnsupportedStreamError,
-    WireError,
     fill_timestamps,
     packets_from_file,
     plan_clip,
@@ -38,6 +38,8 @@ from momentbus.clip.ring import (
     write_ring_clip,
 )
 from momentbus.daemon.liveclock import LiveClock
+from momentbus.ipc.errors import DecodeError
+from momentbus.ipc.schema import StreamInfo, decode, encode
 from momentbus.ipc.timebase import pts_to_ns
 
 S = 1_000_000_000
@@ -94,24 +96,25 @@ def regenerate(packets: list[EncodedPacket], generation: int, shift_ns: int,
 def test_stream_description_round_trips_the_wire(real) -> None:
     descs, _ = real
     for d in descs:
-        assert StreamDescription.from_wire(json.loads(json.dumps(
-            {**d.to_wire(), "extradata": None}) ) | {"extradata": d.extradata}) == d
+        sent = StreamInfo(source_id="s", seq=0, t_ns=1, generation=1, streams=[d.to_spec()])
+        got = decode([bytes(part) for part in encode(sent)])
+        assert StreamDescription.from_spec(got.streams[0]) == d
 
 
 def test_packet_round_trips_the_wire(real) -> None:
     _, packets = real
-    header, payload = packets[3].to_wire()
-    assert EncodedPacket.from_wire(json.loads(json.dumps(header)), memoryview(payload)) == (
-        packets[3])
+    sent = packets[3].to_message("s", 3)
+    assert EncodedPacket.from_message(decode([bytes(p) for p in encode(sent)])) == packets[3]
 
 
-@pytest.mark.parametrize("bad", [{"v": 99}, {"tb": [1, 0]}, {"key": 1}, {"kind": "data"},
-                                 {"t_ns": "1"}, {"pts": True}])
-def test_malformed_packet_header_is_a_wire_error(real, bad) -> None:
+@pytest.mark.parametrize("bad", [{"v": 99}, {"time_base": [1, 0]}, {"keyframe": 1},
+                                 {"kind": "data"}, {"t_ns": "1"}, {"pts": True}])
+def test_malformed_packet_header_is_a_decode_error(real, bad) -> None:
     _, packets = real
-    header, payload = packets[0].to_wire()
-    with pytest.raises(WireError):
-        EncodedPacket.from_wire({**header, **bad}, payload)
+    parts = [bytes(p) for p in encode(packets[0].to_message("s", 0))]
+    header = {**msgpack.unpackb(parts[1]), **bad}
+    with pytest.raises(DecodeError):
+        decode([parts[0], msgpack.packb(header), parts[2]])
 
 
 def test_pyav_muxes_h264_and_aac_from_a_description_without_a_template(real, tmp_path) -> None:
