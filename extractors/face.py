@@ -49,14 +49,23 @@ class _Track:
 
 @dataclass
 class IouTracker:
-    """Greedy IoU association of boxes across frames (event time, not frame count)."""
+    """Greedy IoU association of boxes across frames (event time, not frame count).
+
+    A live source's reconnect (a new ``generation``) is a cut: what comes after is another
+    moment, so every track ends there and the faces after it get new ids (ids never repeat),
+    and the rules judge them afresh (an expression's baseline is per track).
+    """
 
     min_iou: float = TRACK_IOU
     max_age_ns: int = TRACK_MAX_AGE_NS
     tracks: list[_Track] = field(default_factory=list)
     next_id: int = 1
+    generation: int = 0
 
-    def update(self, boxes: np.ndarray, t_ns: int) -> list[int]:
+    def update(self, boxes: np.ndarray, t_ns: int, generation: int = 0) -> list[int]:
+        if generation != self.generation:
+            self.tracks = []
+            self.generation = generation
         self.tracks = [t for t in self.tracks if t_ns - t.last_t_ns <= self.max_age_ns]
         ids = [0] * len(boxes)
         pairs = sorted(((_iou(b, t.box), i, j) for i, b in enumerate(boxes)
@@ -180,9 +189,9 @@ class InsightFaceExtractor(FrameExtractor):
         h, w = img.shape[:2]
         boxes, kpss = self.detector.detect(img, input_size=DET_SIZE, max_num=0)
         if boxes is None or len(boxes) == 0:
-            self.tracker.update(np.zeros((0, 4)), frame.t_ns)
+            self.tracker.update(np.zeros((0, 4)), frame.t_ns, frame.generation)
             return Faces(faces=[])
-        ids = self.tracker.update(boxes[:, :4], frame.t_ns)
+        ids = self.tracker.update(boxes[:, :4], frame.t_ns, frame.generation)
         gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if self.expression else None
         faces = []
         for box, kps, track_id in zip(boxes, kpss, ids):

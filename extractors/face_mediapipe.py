@@ -58,7 +58,7 @@ class MediaPipeFaceExtractor(FrameExtractor):
             boxes.append([b.xmin * w, b.ymin * h, (b.xmin + b.width) * w, (b.ymin + b.height) * h])
             scores.append(float(d.score[0]))
         if not boxes:
-            self.tracker.update(np.zeros((0, 4)), frame.t_ns)
+            self.tracker.update(np.zeros((0, 4)), frame.t_ns, frame.generation)
             return Faces(faces=[])
         boxes_arr = np.array(boxes)
         meshes = []
@@ -67,7 +67,7 @@ class MediaPipeFaceExtractor(FrameExtractor):
             pts = np.array([[p.x * w, p.y * h] for p in lms.landmark])
             mbox = np.array([*pts.min(axis=0), *pts.max(axis=0)])
             meshes.append((pts, mbox))
-        ids = self.tracker.update(boxes_arr, frame.t_ns)
+        ids = self.tracker.update(boxes_arr, frame.t_ns, frame.generation)
         gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if self.expression else None
         faces = []
         for box, score, track_id in zip(boxes_arr, scores, ids):

@@ -10,7 +10,9 @@ buffer is final, so the watermark is ``buffer_t_ns - 1``.
 
 Times: a segment's ``t_ns`` is the stream's first-sample time plus an offset counted in samples
 (62 500 ns each), so speech keeps the source clock exactly, and the same audio at another offset
-gives the same segments shifted by exactly that offset.
+gives the same segments shifted by exactly that offset. A live source's reconnect (a new
+``generation``, or a chunk that does not continue the buffer) transcribes what the buffer holds
+and counts from the new chunk.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ from ..ipc.vocab import NS_PER_SAMPLE
 from .base import Extractor, ModelLoadError, Result
 
 #: First bytes of a ggml model file: GGML_FILE_MAGIC 0x67676d6c, little-endian (whisper.cpp).
+#: A chunk whose time is this far from where the buffer ends does not continue it (a live
+#: source reconnected, or its clock was re-anchored): the buffer is transcribed and restarted.
+#: A file's and a microphone's chunks continue it to the nanosecond.
+DISCONTINUITY_NS = 50_000_000
+
 GGML_MAGIC = b"lmgg"
 
 
@@ -82,9 +89,15 @@ class VadSegmenter(Extractor):
         self.next_check = self.check_interval
         self.last_seq = -1
         self.watermark_ns = -(1 << 62)
+        self.generation = 0  # of the chunks in the buffer (a live source's connection)
         # a segment starts inside the buffer, which holds at most max_buffer plus one check
         # interval (and the chunk that crossed it) of audio before it is transcribed and cut
         self.max_lateness_ns = (self.max_buffer + 2 * self.check_interval) * NS_PER_SAMPLE
+
+    @property
+    def next_t_ns(self) -> int:
+        """Where the next chunk continues the stream (ns)."""
+        return self.buffer_t_ns + len(self.buffer) * NS_PER_SAMPLE
 
     @property
     def buffer_t_ns(self) -> int:
@@ -109,11 +122,22 @@ class VadSegmenter(Extractor):
             raise ValueError(f"speech needs {RATE} Hz audio, got {item.sample_rate} Hz")
         samples = item.samples()
         mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+        results: list[Result] = []
+        if self.origin_ns is not None and (
+                item.generation != self.generation
+                or abs(item.t_ns - self.next_t_ns) > DISCONTINUITY_NS):
+            # a live source reconnected (or its clock was re-anchored): the samples no longer
+            # continue the buffer; transcribe what it holds, then count from this chunk
+            results += self.flush()
+            self.origin_ns = None
         if self.origin_ns is None:
             self.origin_ns = item.t_ns
+            self.buffer = np.zeros(0, np.float32)
+            self.buffer_start = 0
+            self.next_check = self.check_interval
+            self.generation = item.generation
         self.buffer = np.concatenate([self.buffer, mono.astype(np.float32)])
         self.last_seq = item.seq
-        results: list[Result] = []
         while self.buffer_start + len(self.buffer) >= self.next_check:
             results += self._segment(self.next_check - self.buffer_start, final=False)
             self.next_check += self.check_interval

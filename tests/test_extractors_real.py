@@ -125,3 +125,18 @@ def test_yolo_pose_backend_is_an_optional_extra():
             build("pose", "ultralytics")
     else:  # pragma: no cover - only where the extra is installed
         pytest.skip("ultralytics installed: covered by tests/gpu")
+
+
+def test_face_tracks_end_at_a_reconnect():
+    """A live source's new generation is a cut: the same face box gets a new track id after it
+    (ids never repeat), so rules judge the face afresh."""
+    import numpy as np
+
+    from momentbus.extractors.face import IouTracker
+
+    tracker = IouTracker()
+    box = np.array([[10.0, 10.0, 50.0, 50.0]])
+    assert tracker.update(box, 0, generation=1) == [1]
+    assert tracker.update(box, 40_000_000, generation=1) == [1]
+    assert tracker.update(box, 80_000_000, generation=2) == [2]
+    assert tracker.update(box, 120_000_000, generation=2) == [2]

@@ -117,3 +117,31 @@ def test_whispercpp_needs_a_model_file(tmp_path, monkeypatch):
 def test_faster_whisper_rejects_a_folder_without_a_model(tmp_path):
     with pytest.raises(ModelLoadError, match="model.bin"):
         build("speech", "faster-whisper", model=str(tmp_path))
+
+
+def test_a_reconnect_transcribes_what_was_buffered_and_counts_from_the_new_audio(sample):
+    """A live source's reconnect: the call's first half as generation 1, its second half as
+    generation 2 one minute later on the clock. Every segment falls inside the half it was
+    spoken in (nothing straddles the outage), the second half's times count from its own first
+    sample."""
+    from momentbus.media import FileSource
+    from msgspec.structs import replace
+
+    with FileSource(str(sample("sample.wav")), require_video=False) as src:
+        chunks = list(src.items(audio=True))
+    half = len(chunks) // 2
+    gap_ns = 60_000_000_000
+    second_t0 = chunks[half].t_ns + gap_ns
+    stream = ([replace(c, generation=1) for c in chunks[:half]]
+              + [replace(c, generation=2, t_ns=c.t_ns + gap_ns) for c in chunks[half:]])
+    first_end = chunks[half].t_ns
+    speech = build("speech")
+    results = [r for c in stream for r in speech.process(c)] + speech.flush()
+    assert results
+    before = [r for r in results if r.t_ns < first_end]
+    after = [r for r in results if r.t_ns >= second_t0]
+    assert len(before) + len(after) == len(results), "no segment in the outage"
+    assert before and after
+    assert all(r.payload.t_end_ns <= first_end for r in before), "flushed at the reconnect"
+    last = second_t0 + sum(c.n_samples for c in chunks[half:]) * 62_500
+    assert all(second_t0 <= r.t_ns <= r.payload.t_end_ns <= last for r in after)
