@@ -53,6 +53,47 @@ def _clip_options(p: argparse.ArgumentParser) -> None:
                         "ends on the requested frames (default: copy)")
 
 
+def _live_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "live sources", "SOURCE may be a URL FFmpeg opens as a live input (rtsp://, rtmp://, "
+        "http(s)://, udp://, srt://), a V4L2 camera (/dev/videoN), or a file played as a camera "
+        "(--realtime, --loop). A live source runs until Ctrl-C/SIGTERM (or --duration), "
+        "reconnects after any disconnect or stall, and keeps a continuous clock across them.")
+    g.add_argument("--realtime", action="store_true",
+                   help="play a file at its own frame rate, as a live source")
+    g.add_argument("--loop", action="store_true",
+                   help="with --realtime: repeat the file forever, time continuing (a camera)")
+    g.add_argument("--duration", type=float, metavar="S",
+                   help="stop a live source after S seconds (default: until Ctrl-C/SIGTERM)")
+    g.add_argument("--open-timeout", type=float, default=5.0, metavar="S",
+                   help="seconds to open a live source before retrying (default: 5)")
+    g.add_argument("--read-timeout", type=float, default=2.0, metavar="S",
+                   help="seconds without a packet before FFmpeg's read fails; a stall is seen "
+                        "after about twice this (default: 2)")
+    g.add_argument("--video-size", metavar="WxH", help="V4L2: frame size, e.g. 1280x720")
+    g.add_argument("--framerate", metavar="FPS", help="V4L2: frames per second, e.g. 30")
+    g.add_argument("--input-format", metavar="FMT",
+                   help="V4L2: mjpeg, h264 or yuyv (default: the driver's)")
+
+
+def _live_options(args: argparse.Namespace) -> Any:
+    """LiveOptions from the live-source arguments; a mistake is a one-line usage error."""
+    from .daemon.live import LiveOptions, V4L2Options, classify_source
+
+    if args.duration is not None and not args.duration > 0:
+        raise UserError("--duration must be above 0 seconds")
+    opts = LiveOptions(open_timeout_s=args.open_timeout, read_timeout_s=args.read_timeout,
+                       realtime=args.realtime, loop=args.loop,
+                       v4l2=V4L2Options.parse(args.video_size, args.framerate,
+                                              args.input_format))
+    opts.check(classify_source(args.source))
+    if args.duration is not None and not (classify_source(args.source) in ("url", "v4l2")
+                                          or args.realtime):
+        raise UserError("--duration applies to a live source (a URL, a camera, or a file "
+                        "with --realtime)")
+    return opts
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="momentbus",
@@ -66,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "end with a summary once every clip is written. Writes "
                                    "OUT/triggers.jsonl, OUT/clips/*.mp4 (+ .json sidecars), "
                                    "OUT/trace.jsonl and OUT/logs/.")
-    p.add_argument("source", help="a media file (audio-only is fine with --extractors speech)")
+    p.add_argument("source", help="a media file (audio-only is fine with --extractors speech), "
+                                  "a live URL (rtsp://...), a V4L2 camera (/dev/video0)")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--rules", help="trigger rules TOML (default: the shipped default_rules.toml)")
     p.add_argument("--extractors", default="face,quality",
@@ -83,22 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace-level", default="normal",
                    choices=["off", "minimal", "normal", "verbose"])
     _clip_options(p)
+    _live_arguments(p)
 
     p = sub.add_parser("daemon", help="serve a source on the frame bus")
-    p.add_argument("source", help="a media file, or mic / mic:DEVICE for a microphone")
+    p.add_argument("source", help="a media file, a live URL (rtsp://...), a V4L2 camera "
+                                  "(/dev/videoN), or mic / mic:DEVICE for a microphone")
     p.add_argument("--bind", required=True, metavar="ADDR",
                    help="frame bus address, e.g. ipc:///tmp/mb-frames or tcp://127.0.0.1:5550")
     p.add_argument("--fusion", metavar="ADDR", help="send the end-of-stream to fusion here")
     p.add_argument("--expect", default="", help="comma-separated groups to wait for before reading")
     p.add_argument("--wait", type=float, default=120.0,
                    help="seconds to wait for the expected groups (default: 120)")
-    p.add_argument("--realtime", action="store_true", help="pace the file at its own frame rate")
     p.add_argument("--state", metavar="FILE",
                    help="keep the resume point here: restarted with the same FILE, the daemon "
                         "starts where every group had acknowledged (default: start over, and "
                         "send nobody what it reports done)")
     p.add_argument("--audio-only", action="store_true",
                    help="accept a file without video (only audio extractors will attach)")
+    _live_arguments(p)
     _common(p)
 
     p = sub.add_parser("extractor", help="run one extractor process")
@@ -114,8 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up after this long without a word from the daemon (default: 300; "
                         "shorter silences are a restarting daemon: it is rejoined)")
     p.add_argument("--fps", type=_fps, help="sampling rate (default: every frame)")
-    p.add_argument("--policy", choices=["every", "latest"], default="every",
-                   help="every: lossless, in order (files); latest: newest frame (live)")
+    p.add_argument("--policy", choices=["auto", "every", "latest"], default="auto",
+                   help="every: lossless, in order; latest: the newest frame on credit, the "
+                        "frames skipped traced as drops; auto: latest for a live source's "
+                        "video, every otherwise (default: auto)")
     p.add_argument("--encoding", choices=["raw", "shm", "jpeg"], default="raw",
                    help="shm (same host: pixels in shared memory, fastest), raw (any host, "
                         "bytes over ZeroMQ) or jpeg (cross-host, ~20x less bandwidth)")
@@ -140,10 +186,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("clip", help="cut clips for incoming triggers")
-    p.add_argument("source", help="the video file the triggers refer to")
+    p.add_argument("source", help="the video file the triggers refer to (a live source: its "
+                                  "URL or device, a label only)")
     p.add_argument("--bind", required=True, metavar="ADDR", help="where fusion sends TRIGs")
     p.add_argument("--out", required=True, help="clips go to OUT/clips/")
     _clip_options(p)
+    g = p.add_argument_group(
+        "live sources", "With --frames the clip role keeps the live source's encoded packets in "
+        "a ring buffer and cuts each clip from it once its post-roll has arrived (mp4, edit "
+        "list: no re-encode, the first frame shown is the first at or after the start).")
+    g.add_argument("--frames", metavar="ADDR",
+                   help="the daemon's frame bus address: read the live source's packets there")
+    g.add_argument("--ring-seconds", type=float, default=20.0, metavar="S",
+                   help="seconds of packets the ring keeps behind the newest: at least the "
+                        "longest pre-roll + post-roll of the rules plus the pipeline's latency "
+                        "(momentbus run computes it; default: 20)")
+    g.add_argument("--ring-mb", type=float, default=64.0, metavar="MB",
+                   help="bound on the ring's memory, MiB (default: 64)")
     _common(p)
 
     p = sub.add_parser("extract", help="one extractor in-process on a file, Obs as JSON lines",
@@ -215,16 +274,18 @@ def _role(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespa
 
 @_role
 def cmd_daemon(args: argparse.Namespace) -> int:
+    from .daemon.live import is_live
     from .daemon.main import DaemonConfig, is_microphone, run
     from .lifecycle import StopFlag
     from .media import probe
 
-    if not is_microphone(args.source):
+    live = _live_options(args)
+    if not is_microphone(args.source) and not is_live(args.source, live):
         probe(args.source, require_video=not args.audio_only)
     with _tracer(args, "daemon") as tracer:
         return run(DaemonConfig(args.source, args.bind, args.fusion, _groups(args.expect),
-                                args.wait, realtime=args.realtime,
-                                require_video=not args.audio_only, state=args.state), tracer,
+                                args.wait, require_video=not args.audio_only, state=args.state,
+                                live=live, duration_s=args.duration), tracer,
                    StopFlag().install())
 
 
@@ -261,9 +322,16 @@ def cmd_clip(args: argparse.Namespace) -> int:
     from .clip.main import ClipConfig, run
     from .lifecycle import StopFlag
 
+    if not 0 < args.ring_seconds <= 3600:
+        raise UserError("--ring-seconds must be above 0 and at most 3600")
+    if not 1 <= args.ring_mb <= 65536:
+        raise UserError("--ring-mb must be between 1 and 65536")
     with _tracer(args, "clip") as tracer:
         return run(ClipConfig(args.source, args.bind, args.out, args.clip_format,
-                              args.clip_mode), tracer, StopFlag().install())
+                              args.clip_mode, frames=args.frames,
+                              ring_s=args.ring_seconds,
+                              ring_bytes=int(args.ring_mb * 1024 * 1024)), tracer,
+                   StopFlag().install())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -274,7 +342,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         source=args.source, out_dir=args.out, rules=args.rules,
         extractors=_groups(args.extractors), fps=args.fps, restart_budget=args.restart_budget,
         quiet=args.quiet, trace_level=args.trace_level, save_obs=args.save_obs,
-        clip_format=args.clip_format, clip_mode=args.clip_mode),
+        clip_format=args.clip_format, clip_mode=args.clip_mode, live=_live_options(args),
+        duration_s=args.duration),
         StopFlag().install()).exit_code
 
 

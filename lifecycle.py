@@ -61,6 +61,9 @@ class StopFlag:
     def __init__(self) -> None:
         self._event = threading.Event()
         self.signal: int | None = None
+        #: how many times it was set (signals included): a live run ends gracefully on the
+        #: first Ctrl-C and at once on the second
+        self.count = 0
 
     def install(self) -> StopFlag:
         """Route SIGTERM and SIGINT to this flag (main thread only)."""
@@ -70,9 +73,10 @@ class StopFlag:
 
     def _handler(self, signum: int, _frame: object) -> None:
         self.signal = signum
-        self._event.set()
+        self.set()
 
     def set(self) -> None:
+        self.count += 1
         self._event.set()
 
     def is_set(self) -> bool:

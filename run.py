@@ -30,6 +30,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .clip.containers import CLIP_SUFFIXES
+from .daemon.live import LiveOptions, classify_source, is_live, probe_live
 from .fusion.rules import load_rules
 from .ipc.schema import Trig
 from .ipc.shm import remove_leftovers
@@ -61,6 +62,16 @@ class RunOptions:
     #: (``copy``: remux from the keyframe before; ``exact``: re-encode to the requested frames).
     clip_format: str = "auto"
     clip_mode: str = "copy"
+    #: how a live source (URL, camera, file with ``realtime``) is opened, paced and reconnected
+    live: LiveOptions = field(default_factory=LiveOptions)
+    #: a live source: stop after this many seconds (``None``: until Ctrl-C / ``stop``)
+    duration_s: float | None = None
+
+
+#: The clip role's ring keeps this much more than the longest pre-roll + post-roll of the rules:
+#: a TRIG arrives after its event (the rule's hold, then the pipeline's latency: under 2 s
+#: measured here, bench/live.py) and is cut once its post-roll arrived.
+RING_SLACK_S = 10.0
 
 
 @dataclass
@@ -76,6 +87,10 @@ class RunStats:
     clips: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     late: int = 0
+    #: a live source: connections so far, stalls, and whether it is connected now
+    generations: int = 0
+    stalls: int = 0
+    connected: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_record(self, r: dict[str, Any]) -> None:
@@ -99,6 +114,15 @@ class RunStats:
                 self.errors.append(r)
             elif kind == "late_obs":
                 self.late += 1
+            elif kind == "source":
+                event = r.get("event")
+                if event == "connect":
+                    self.generations += 1
+                    self.connected = True
+                elif event == "disconnect":
+                    self.connected = False
+                elif event == "stall":
+                    self.stalls += 1
 
 
 @dataclass
@@ -193,8 +217,15 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
     plan = plan_extractors(opts.extractors)
     needs_video = any(stream_of(k) == "video" for k in plan)
     # bad input fails here, in one line, before any process starts
-    info = probe(opts.source, require_video=needs_video)
-    load_rules(opts.rules)
+    kind = classify_source(opts.source)
+    live = is_live(opts.source, opts.live)
+    if kind in ("url", "v4l2"):
+        info: Any = probe_live(opts.source, opts.live)  # one connection: reachable, has video
+    else:
+        opts.live.check(kind)
+        info = probe(opts.source, require_video=needs_video or live)
+    specs = load_rules(opts.rules)
+    ring_s = max((r.pre_roll_ns + r.post_roll_ns for r in specs), default=0) / 1e9 + RING_SLACK_S
     console = Console(stderr=True)
     out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,9 +263,11 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
     try:
         # every role is restarted within the budget: fusion replays its log (--resume), the
         # daemon resumes from its state file, an extractor rejoins as a new incarnation
+        live_clip = (["--frames", addr["frames"], "--ring-seconds", f"{ring_s:g}"]
+                     if live else [])
         sup.start(Child("clip", py + ["clip", opts.source, "--bind", addr["clip"],
                                       "--out", str(out), "--clip-format", opts.clip_format,
-                                      "--clip-mode", opts.clip_mode] + common,
+                                      "--clip-mode", opts.clip_mode] + live_clip + common,
                         restartable=True))
         fusion_argv = py + ["fusion", "--bind", addr["obs"], "--clip", addr["clip"],
                             "--out", str(out), "--expect", groups] + common
@@ -255,14 +288,20 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
                     "--instance", str(instance)] + fps + common, restartable=True))
         daemon = sup.start(Child("daemon", py + [
             "daemon", opts.source, "--bind", addr["frames"], "--fusion", addr["obs"],
-            "--expect", groups, "--state", str(tmp / "daemon.state")]
-            + ([] if needs_video else ["--audio-only"]) + common, restartable=True))
-        total = info.frames if needs_video else None
+            "--expect", groups + (",clip" if live else ""), "--state", str(tmp / "daemon.state")]
+            + ([] if needs_video else ["--audio-only"]) + _live_argv(opts) + common,
+            restartable=True))
+        total = info.frames if needs_video and not live else None
+        ending_live = False  # a live run's first Ctrl-C: the daemon ends the stream
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total} frames"),
                       TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                       console=console, disable=opts.quiet, transient=False) as progress:
             task = progress.add_task(f"{info.source_id}", total=total, status="")
+            if live:
+                progress.columns = (TextColumn("[bold]{task.description}"),
+                                    TextColumn("{task.completed} frames"),
+                                    TextColumn("{task.fields[status]}"), TimeElapsedColumn())
             while True:
                 if daemon.exit_code == 0:
                     for child in sup.children:  # the source is done: no extractor to resume
@@ -272,6 +311,11 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
                 with stats.lock:
                     status = (f"triggers {len(stats.triggers)}  clips {len(stats.clips)}"
                               + (f"  errors {len(stats.errors)}" if stats.errors else ""))
+                    if live:
+                        status = (("live" if stats.connected else "[yellow]reconnecting[/]")
+                                  + f" (connection {stats.generations}"
+                                  + (f", {stats.stalls} stalls" if stats.stalls else "")
+                                  + f")  {status}")
                     progress.update(task, completed=stats.frames_read, status=status)
                 for line in sup_events:
                     console.print(f"[yellow]{line}")
@@ -290,10 +334,21 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
                     # the source and fusion are done: a member still starting up (a late
                     # restart) has nothing left to do
                     sup.stop()
-                if stop.is_set():
+                if stop.is_set() and live and stop.count < 2:
+                    if not ending_live:  # end the stream; every role finishes by itself
+                        ending_live = True
+                        daemon.restartable = False
+                        daemon.terminate()
+                        if not opts.quiet:
+                            console.print("[yellow]stopping: the source ends, triggers already "
+                                          "fired get their clips (Ctrl-C again to quit now)")
+                elif stop.is_set():
                     code = ExitCode.INTERRUPTED
                     break
-                stop.wait(0.1)  # the supervisor's poll period
+                if ending_live:
+                    time.sleep(0.1)  # the stop flag stays set: poll at the same period
+                else:
+                    stop.wait(0.1)  # the supervisor's poll period
     finally:
         if sup.running():
             # Ctrl-C reached the children too (same terminal): give them the grace period
@@ -314,7 +369,7 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
             console.print("[yellow]stopped")
         return result
     if opts.summary:
-        _summary(console, info, stats, out, elapsed, collector)
+        _summary(console, info, stats, out, elapsed, collector, live)
         for name in lost:
             Console().print(f"[yellow]warning[/]: {name} died and was not restarted; rules "
                             "that read it ran without it (their triggers list it as missing)")
@@ -332,14 +387,37 @@ def _print_tail(console: Console, path: str | None, lines: int = 8) -> None:
         console.print(f"    {line}", markup=False, highlight=False)
 
 
+def _live_argv(opts: RunOptions) -> list[str]:
+    """The daemon's arguments for a live source (none for a plain file)."""
+    lv = opts.live
+    argv = []
+    if classify_source(opts.source) in ("url", "v4l2") or lv.realtime:
+        argv += ["--open-timeout", f"{lv.open_timeout_s:g}",
+                 "--read-timeout", f"{lv.read_timeout_s:g}"]
+    argv += ["--realtime"] if lv.realtime else []
+    argv += ["--loop"] if lv.loop else []
+    for flag, value in (("--video-size", lv.v4l2.video_size), ("--framerate", lv.v4l2.framerate),
+                        ("--input-format", lv.v4l2.input_format)):
+        if value:
+            argv += [flag, value]
+    if opts.duration_s is not None:
+        argv += ["--duration", f"{opts.duration_s:g}"]
+    return argv
+
+
 def _summary(console: Console, info: Any, stats: RunStats, out: Path, elapsed: float,
-             collector: Any) -> None:
+             collector: Any, live: bool = False) -> None:
     out_console = Console()
-    duration = (info.duration_ns or 0) / 1e9
-    what = f"{stats.frames_read} frames read" if info.width else "audio"
-    out_console.print(f"[bold]{info.source_id}[/]: {what} "
-                      f"({duration:.1f} s of media) in {elapsed:.1f} s "
-                      f"= {duration / elapsed if elapsed else 0:.2f}x real time")
+    if live:
+        out_console.print(f"[bold]{info.source_id}[/]: {stats.frames_read} frames read live in "
+                          f"{elapsed:.1f} s over {stats.generations} connection(s)"
+                          + (f", {stats.stalls} stall(s)" if stats.stalls else ""))
+    else:
+        duration = (info.duration_ns or 0) / 1e9
+        what = f"{stats.frames_read} frames read" if info.width else "audio"
+        out_console.print(f"[bold]{info.source_id}[/]: {what} "
+                          f"({duration:.1f} s of media) in {elapsed:.1f} s "
+                          f"= {duration / elapsed if elapsed else 0:.2f}x real time")
     table = Table(title="extractors", title_justify="left")
     for col in ("component", "frames", "frames/s", "p50 ms", "p95 ms", "max ms"):
         table.add_column(col, justify="right" if col != "component" else "left")

@@ -34,6 +34,12 @@ class Child:
     stderr_path: str | None = None
     history: list[int] = field(default_factory=list)
 
+    def terminate(self) -> None:
+        """SIGTERM, if it is running: a role ends its work gracefully (a live daemon ends the
+        stream, so every role downstream finishes by itself)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
 
 class Supervisor:
     """Start, watch, restart (within ``restart_budget``) and stop role processes.

@@ -4,7 +4,9 @@ Receives TRIGs from fusion on a reliable link (:mod:`momentbus.ipc.reliable`) an
 clip with a sidecar per TRIG, acknowledging each TRIG only once its clip and sidecar are on disk:
 a clip role killed mid-cut gets the TRIG again when it restarts. A clip is named from its TRIG,
 so cutting a TRIG twice writes the same file. Exits after fusion's Eof, every clip written. For a
-file source every TRIG can be cut at once (its post-roll is already on disk).
+file source every TRIG can be cut at once (its post-roll is already on disk); a live source
+(``--frames ADDR``) is cut from a ring of its packets once the post-roll arrived
+(:mod:`momentbus.clip.live`).
 """
 
 from __future__ import annotations
@@ -34,9 +36,23 @@ class ClipConfig:
     out_dir: str
     clip_format: str = "auto"
     mode: str = "copy"
+    #: a live source: the daemon's frame bus, whose encoded packets fill the ring (clip/live.py)
+    frames: str | None = None
+    #: live: seconds of packets the ring keeps behind the newest: a TRIG needs its pre-roll,
+    #: and it arrives after its event and waits for its post-roll, so at least the longest
+    #: pre-roll + post-roll of the rules plus the pipeline's latency
+    ring_s: float = 20.0
+    #: live: bound on the ring's payload bytes
+    ring_bytes: int = 64 * 1024 * 1024
+    #: live: give up on a daemon silent for this long (s)
+    daemon_timeout_s: float = 300.0
 
 
 def run(cfg: ClipConfig, tracer: Tracer, stop: StopFlag) -> int:
+    if cfg.frames:
+        from .live import run_live
+
+        return run_live(cfg, tracer, stop)
     info = probe(cfg.source, require_video=False)
     tracer.source_id = info.source_id
     router = sockets.bind(zmq.ROUTER, cfg.bind, linger_ms=ACK_LINGER_MS)

@@ -161,9 +161,11 @@ class StreamDescription:
         extradata = bytes(ctx.extradata or b"")
         if stream.type == "video":
             rate = stream.average_rate or stream.guessed_rate
+            # an RTSP stream opened with the fast probe "guesses" the RTP clock (24000/1 and
+            # such): no frame rate at all is better than that one
             return cls(stream.index, StreamKind.VIDEO, ctx.name, Fraction(stream.time_base),
                        extradata, ctx.width, ctx.height, ctx.pix_fmt,
-                       Fraction(rate) if rate else None)
+                       Fraction(rate) if rate and 0 < rate <= 1000 else None)
         return cls(stream.index, StreamKind.AUDIO, ctx.name, Fraction(stream.time_base),
                    extradata, sample_rate=ctx.sample_rate, layout=ctx.layout.name,
                    sample_format=ctx.format.name if ctx.format is not None else None)
@@ -332,6 +334,11 @@ class PacketRing:
         key = video[0] if video else streams[0].index
         self._generations[generation] = _Generation(generation, by_index, key)
         self._current = generation
+
+    @property
+    def current_generation(self) -> int | None:
+        """The latest generation started (``None`` before the first)."""
+        return self._current
 
     def end_generation(self, generation: int) -> None:
         """The connection ended (disconnect): a clip waiting on it is ready, cut short."""

@@ -8,7 +8,7 @@ fusion (``--fusion``) gets the daemon's own Eof so the run can end by itself.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zmq
 
@@ -20,6 +20,7 @@ from ..ipc.vocab import MEMBER_LOST
 from ..lifecycle import ExitCode, StopFlag
 from ..media import FileSource
 from ..traces.tracer import Tracer
+from .live import LiveOptions, is_live
 from .state import StateFile
 
 
@@ -32,11 +33,15 @@ class DaemonConfig:
     wait_s: float = 120.0
     queue_size: int = DEFAULT_QUEUE_SIZE
     member_timeout_s: float = DEFAULT_MEMBER_TIMEOUT_S
-    realtime: bool = False
     source_id: str | None = None
     require_video: bool = True
-    #: resume point file (a restarted daemon starts where every group had acknowledged)
+    #: resume point file (a restarted daemon starts where every group had acknowledged; for a
+    #: live source: the generation to continue from)
     state: str | None = None
+    #: a live source (URL, camera, file with ``realtime``): how to open, pace and reconnect it
+    live: LiveOptions = field(default_factory=LiveOptions)
+    #: a live source: stop after this many seconds of streaming (``None``: until stopped)
+    duration_s: float | None = None
 
 
 #: At the end, how long to wait for fusion to acknowledge the end of the stream.
@@ -48,7 +53,7 @@ def is_microphone(source: str) -> bool:
     return source == "mic" or source.startswith("mic:")
 
 
-class _FusionLink:
+class FusionLink:
     """The daemon's reliable link to fusion: the source's Welcome, members given up on, the
     end of the stream."""
 
@@ -65,12 +70,12 @@ class _FusionLink:
         if self.link is not None:
             self.link.pump()
 
-    def drain(self, server: FrameBusServer, stop: StopFlag) -> bool:
+    def drain(self, server: FrameBusServer, stop: StopFlag,
+              timeout_s: float = FUSION_DRAIN_TIMEOUT_S) -> bool:
         if self.link is None:
             return True
         return self.link.wait(lambda: self.link is None or self.link.all_acked()
-                              or stop.is_set(), FUSION_DRAIN_TIMEOUT_S,
-                              idle=lambda: server.poll(0))
+                              or stop.is_set(), timeout_s, idle=lambda: server.poll(0))
 
     def close(self) -> None:
         if self.sock is not None:
@@ -80,12 +85,16 @@ class _FusionLink:
 def run(cfg: DaemonConfig, tracer: Tracer, stop: StopFlag) -> int:
     if is_microphone(cfg.source):
         return _run_microphone(cfg, tracer, stop)
+    if is_live(cfg.source, cfg.live):
+        from .serve_live import run_live
+
+        return run_live(cfg, tracer, stop)
     src = FileSource(cfg.source, cfg.source_id, require_video=cfg.require_video)
     info = src.info
     tracer.source_id = info.source_id
     welcome = Welcome(source_id=info.source_id, width=info.width, height=info.height,
                       time_base=info.time_base, duration_ns=info.duration_ns, live=False)
-    fusion = _FusionLink(cfg.fusion)
+    fusion = FusionLink(cfg.fusion)
     state_file = StateFile(cfg.state, cfg.source) if cfg.state else None
     resume = state_file.load() if state_file is not None else None
 
@@ -113,8 +122,6 @@ def run(cfg: DaemonConfig, tracer: Tracer, stop: StopFlag) -> int:
                 server.resume_from(stream, resume.resume_seq(stream))
             tracer.emit("source", event="resume", video_seq=resume.resume_seq("video"),
                         audio_seq=resume.resume_seq("audio"))
-        t_wall0 = time.monotonic_ns()
-        t_src0: int | None = None
         t_read = time.perf_counter_ns()
         for item in src.items(audio=server.wants("audio")):
             stream = "video" if isinstance(item, Frame) else "audio"
@@ -127,11 +134,6 @@ def run(cfg: DaemonConfig, tracer: Tracer, stop: StopFlag) -> int:
             if stop.is_set():
                 reason = "stopped"
                 break
-            if cfg.realtime:  # pace a file like a live source
-                t_src0 = item.t_ns if t_src0 is None else t_src0
-                ahead_ns = (item.t_ns - t_src0) - (time.monotonic_ns() - t_wall0)
-                if ahead_ns > 0:
-                    server.poll(ahead_ns // 1_000_000)
             server.publish(item)
             server.poll(0)
             fusion.pump()
@@ -187,7 +189,7 @@ def _run_microphone(cfg: DaemonConfig, tracer: Tracer, stop: StopFlag) -> int:
     server = FrameBusServer(cfg.bind, welcome, trace=tracer.emit,
                             on_bad_message=tracer.bad_message, queue_size=cfg.queue_size,
                             member_timeout_s=cfg.member_timeout_s)
-    fusion = _FusionLink(cfg.fusion)
+    fusion = FusionLink(cfg.fusion)
     fusion.send(welcome)
     tracer.emit("source", path=cfg.source, sample_rate=RATE, live=True)
     last = (-1, 0)

@@ -50,7 +50,7 @@ class RunnerConfig:
     group: str | None = None
     instance: int = 1
     fps: float | None = None
-    policy: Policy = "every"
+    policy: Policy = "auto"
     encoding: Encoding = "raw"
     credits: int = 2
     join_timeout_s: float = 60.0

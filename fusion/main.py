@@ -89,6 +89,8 @@ class Fusion:
                                join_timeout_ns=cfg.join_timeout_ns, start_ns=start_ns)
         self.fired: list[Trig] = []
         self.source_id = ""
+        #: the daemon said the source is live: event time is this host's CLOCK_MONOTONIC
+        self.live = False
 
     def apply(self, msg: Message, now_ns: int) -> Output:
         """Hand one accepted message to the aligner."""
@@ -105,6 +107,7 @@ class Fusion:
             return al.on_join(msg.component, msg.group, now_ns)
         if isinstance(msg, Welcome):
             self.source_id = msg.source_id
+            self.live = msg.live
             return al.on_source(msg.live, now_ns)
         if isinstance(msg, Eof):
             if msg.component == "daemon":
@@ -163,7 +166,10 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
     def handle(out: Output) -> None:
         for trig in fusion.number(out):
             record = triggers.write(trig)
-            tracer.emit("trigger", **{k: v for k, v in record.items() if k != "source_id"})
+            # emitted_ns: fusion's CLOCK_MONOTONIC when the TRIG left; on a live source of this
+            # host it is on the clock of t_ns, so it minus the evidence's t_ns is the latency
+            tracer.emit("trigger", emitted_ns=now(),
+                        **{k: v for k, v in record.items() if k != "source_id"})
             if clip is not None:
                 clip.send(trig)
         for late in out.late:
@@ -189,6 +195,9 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
                    delivery.rseq)
         if obs_log is not None and isinstance(msg, Obs):
             obs_log.write(json.dumps(to_json_dict(msg), separators=(",", ":")) + "\n")
+        if fusion.live and isinstance(msg, Obs):  # t_ns is capture time on this host's clock
+            tracer.emit("timing", stage="fusion_in", member=msg.component, seq=msg.seq,
+                        t_ns=msg.t_ns, capture_to_fusion_ms=round((t - msg.t_ns) / 1e6, 3))
         handle(fusion.apply(msg, t))
         inbox.done(delivery)
 

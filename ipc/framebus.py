@@ -53,7 +53,7 @@ from .sampling import FpsSampler
 from .schema import (AudioChunk, Credit, Eof, Frame, Gap, Heartbeat, Hello, Message, Packet,
                      Rejoin, ShmRef, StreamInfo, Welcome)
 from .shm import DEFAULT_SLOTS, SlotRing
-from .vocab import GapReason
+from .vocab import STREAMS, GapReason
 
 #: Items an ``every`` group may have queued before the source pauses (backpressure). Eight frames
 #: keep both cores busy across a model's per-frame jitter (measured: 4 -> 8 gave +6 % frames/s on
@@ -164,6 +164,8 @@ class FrameBusServer:
         trace: ``trace(record, **fields)`` callback (``member``, ``frame_drop``, ``dispatch``).
         on_bad_message: called with each malformed or unexpected message's error.
         on_member_lost: ``(component, group)`` of an instance whose grace ran out.
+        on_member_joined: ``(group, stream)`` of each member that joined (or said Hello again):
+            a live source re-sends what a newcomer needs first (its streams' description).
         expected_groups: the groups that may hold the source back (``every``); empty: all.
         queue_size: bound of each ``every`` group's queue (items).
         member_timeout_s, rejoin_grace_s: see the module doc.
@@ -173,6 +175,7 @@ class FrameBusServer:
     def __init__(self, address: str, welcome: Welcome, *, trace: TraceFn | None = None,
                  on_bad_message: Callable[[DecodeError], None] | None = None,
                  on_member_lost: Callable[[str, str], None] | None = None,
+                 on_member_joined: Callable[[str, str], None] | None = None,
                  expected_groups: Iterable[str] = (),
                  queue_size: int = DEFAULT_QUEUE_SIZE,
                  member_timeout_s: float = DEFAULT_MEMBER_TIMEOUT_S,
@@ -187,6 +190,7 @@ class FrameBusServer:
         self.expected = frozenset(expected_groups)
         self._trace = trace or (lambda record, **kw: None)
         self._on_lost = on_member_lost or (lambda component, group: None)
+        self._on_joined = on_member_joined or (lambda group, stream: None)
         self._now = now
         self.sock = sockets.bind(zmq.ROUTER, address, hwm=0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -248,6 +252,7 @@ class FrameBusServer:
             member.last_seen = member.last_credit = now
             member.last_seq = max(member.last_seq, hello.last_seq)
             self._send(member, self.welcome)
+            self._on_joined(member.group, stream)
             return
         if member is not None:  # one socket changing identity: treat as leaving
             self._leave(member, "replaced")
@@ -261,7 +266,7 @@ class FrameBusServer:
             self._leave(current, "replaced")
         group = self.groups.get(hello.group)
         if group is None:
-            if len(self.groups) >= MAX_GROUPS or stream not in ("video", "audio"):
+            if len(self.groups) >= MAX_GROUPS or stream not in STREAMS:
                 self._refuse(hello, "too many groups")
                 return
             policy = hello.policy
@@ -294,6 +299,7 @@ class FrameBusServer:
                     last_seq=hello.last_seq, resumed_items=pinned)
         if stream in self.eof and not group.waiting():
             self._send_eof(member, group)
+        self._on_joined(hello.group, stream)
 
     def _refuse(self, hello: Hello, reason: str) -> None:
         self._refused += 1
@@ -465,7 +471,9 @@ class FrameBusServer:
                 if not group.outstanding:
                     group.acked_below = max(group.acked_below, item.seq + 1)
                 continue
-            if group.passed_by_all(item.seq):  # a restarted daemon resending: already done
+            if not self.welcome.live and group.passed_by_all(item.seq):
+                # a restarted daemon resending a file: already done (a live source never
+                # resends; a restarted one counts from 0 again)
                 if not group.outstanding:
                     group.acked_below = max(group.acked_below, item.seq + 1)
                 continue

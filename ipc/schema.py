@@ -305,8 +305,9 @@ class StreamSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 class StreamInfo(Message, frozen=True, kw_only=True):
-    """A live connection (``generation``) began: the streams its packets belong to. Sent on the
-    ``packets`` stream before the generation's first packet; ``seq`` shares the packets' counter."""
+    """A live connection (``generation``) began, or ended (``ended``): the streams its packets
+    belong to. Sent on the ``packets`` stream before the generation's first packet (again to a
+    member that joins later), and at its end; ``seq`` shares the packets' counter."""
 
     KIND: ClassVar[bytes] = b"streams"
     source_id: StreamSourceId
@@ -314,6 +315,9 @@ class StreamInfo(Message, frozen=True, kw_only=True):
     t_ns: TimeNs
     generation: NonNegInt
     streams: Annotated[list[StreamSpec], Meta(min_length=1, max_length=16)]
+    #: the generation ended (a disconnect): no packet of it follows; a clip waiting for its
+    #: post-roll is cut short at the disconnect instead of waiting for an outage to end
+    ended: bool = False
 
 
 class Packet(Message, frozen=True, kw_only=True):

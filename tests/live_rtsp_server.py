@@ -34,10 +34,14 @@ Control: one command a line on stdin; every command is answered with one JSON li
   (``--port 0``, the default, takes a free port and reports it);
 * ``{"event": "media", "state": "configured"}`` when a client's DESCRIBE created the media,
   ``{"event": "client", "state": "connected"|"closed"}`` per TCP client;
-* ``{"event": "feeding", "pushed": N}`` after the first access unit of a media is pushed.
+* ``{"event": "feeding", "pushed": N, "origin_mono_ns": T, ...}`` after the first access unit
+  of a media is pushed, and ``{"event": "loop", "loops": N, "origin_mono_ns": T}`` when a loop
+  of the file begins: ``T`` is CLOCK_MONOTONIC (shared by every process on the machine) of the
+  file's time 0 in that loop, so a test can tell where in the file a live event happened.
 
 Commands: ``stall`` (stop pushing buffers; the RTSP session, the TCP connection and RTCP stay
-alive), ``resume``, ``status``, ``kick`` (close every client connection from the server side,
+alive), ``hang`` (the same for the current media only: a client that reconnects is served, as
+from a camera whose one session hung), ``resume``, ``status``, ``kick`` (close every client connection from the server side,
 the server keeps listening), ``quit``. End of stdin is ``quit`` too, so the server never outlives
 a test that forgot it. Killing the process (SIGKILL) and starting it again on the same
 ``--port`` is how a test simulates a server restart.
@@ -139,6 +143,7 @@ class Feeder:
         self.appsrc: Gst.Element | None = None
         self.generation = 0  # bumped for every new media
         self.stalled = False
+        self.hung_generation = -1  # the media that `hang` froze
         self.quit = False
         self.index = 0  # next access unit of the file
         self.loops = 0
@@ -168,6 +173,13 @@ class Feeder:
             self.stalled = True
             self.lock.notify_all()
 
+    def hang(self) -> None:
+        """Stop sending to the current media only (a hung session): the next media, a client
+        reconnecting, is fed normally."""
+        with self.lock:
+            self.hung_generation = self.generation
+            self.lock.notify_all()
+
     def resume(self) -> None:
         with self.lock:
             if self.stalled:
@@ -194,6 +206,7 @@ class Feeder:
         while True:
             with self.lock:
                 while not self.quit and (self.stalled or self.appsrc is None or
+                                         self.hung_generation == self.generation or
                                          self.appsrc.get_clock() is None):
                     self.lock.wait(0.05)  # a media going to PLAYING gets a clock; poll for it
                 if self.quit:
@@ -212,6 +225,7 @@ class Feeder:
                 if wait_ns > 0:
                     self.lock.wait(wait_ns / 1e9)
                     continue  # re-check stall/quit/media, then push
+                at_loop_start = self.index == 0
                 buf = Gst.Buffer.new_wrapped(unit.data)
                 buf.dts = dts
                 buf.pts = dts + (unit.pts - unit.dts)
@@ -225,9 +239,17 @@ class Feeder:
                 self.pushed += 1
                 self.pushed_total += 1
                 first = self.pushed == 1
+            # CLOCK_MONOTONIC (shared by every process here) of file time 0 of this loop:
+            # a client's live clock stamps this unit about now, so tests measure event times
+            # in the file against it
+            origin_mono_ns = time.monotonic_ns() - unit.dts
             ret = appsrc.emit("push-buffer", buf)
             if first:
-                emit(event="feeding", pushed=1, generation=gen)
+                emit(event="feeding", pushed=1, generation=gen, origin_mono_ns=origin_mono_ns,
+                     file_dts_ns=unit.dts)
+            elif at_loop_start:
+                emit(event="loop", generation=gen, loops=self.loops,
+                     origin_mono_ns=origin_mono_ns)
             if ret != Gst.FlowReturn.OK:
                 with self.lock:
                     if self.appsrc is appsrc and gen == self.generation:
@@ -305,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
             return True
         if cmd == "stall":
             feeder.stall()
+            emit(reply=cmd, ok=True, **status())
+        elif cmd == "hang":
+            feeder.hang()
             emit(reply=cmd, ok=True, **status())
         elif cmd == "resume":
             feeder.resume()

@@ -110,6 +110,8 @@ class RtspServer:
         self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.listening: dict[str, Any] = {}
         self.starts = 0
+        #: every event line of every start, in order (waits consume ``lines``, not these)
+        self.events: list[dict[str, Any]] = []
 
     @property
     def url(self) -> str:
@@ -129,7 +131,8 @@ class RtspServer:
              "--path", self.path],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             bufsize=1)
-        threading.Thread(target=self._read, args=(self.proc, self.lines), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc, self.lines, self.events),
+                         daemon=True).start()
         self.listening = self.wait_event(lambda m: m.get("event") in ("listening", "error"),
                                          timeout_s)
         if self.listening.get("event") == "error":
@@ -140,11 +143,15 @@ class RtspServer:
         return self
 
     @staticmethod
-    def _read(proc: subprocess.Popen[str], lines: queue.Queue[dict[str, Any] | None]) -> None:
+    def _read(proc: subprocess.Popen[str], lines: queue.Queue[dict[str, Any] | None],
+              events: list[dict[str, Any]]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             with contextlib.suppress(json.JSONDecodeError):
-                lines.put(json.loads(line))
+                msg = json.loads(line)
+                if "event" in msg:
+                    events.append(msg)  # list.append is atomic: readers copy with list()
+                lines.put(msg)
         lines.put(None)  # end of output: the process ended
 
     def wait_event(self, predicate: Callable[[dict[str, Any]], bool],
@@ -182,6 +189,10 @@ class RtspServer:
         """Stop sending media; the session, its TCP connection and RTCP stay alive."""
         return self.command("stall")
 
+    def hang(self) -> dict[str, Any]:
+        """Stop sending to the current session only; a client that reconnects is served."""
+        return self.command("hang")
+
     def resume(self) -> dict[str, Any]:
         return self.command("resume")
 
@@ -191,6 +202,15 @@ class RtspServer:
     def kick(self) -> dict[str, Any]:
         """Close every client connection from the server side; the server keeps listening."""
         return self.command("kick")
+
+    def loop_origins(self) -> list[tuple[int, int]]:
+        """``(fed_from, origin)`` for every loop fed so far (every start, in order), both
+        CLOCK_MONOTONIC ns: from ``fed_from`` on, file time 0 of what clients get was at
+        ``origin``. A new media may begin mid-file (at the keyframe after where the previous
+        one was): its origin is then before it was fed, and maybe before the previous one's."""
+        return [(e["origin_mono_ns"] + e.get("file_dts_ns", 0), e["origin_mono_ns"])
+                for e in list(self.events)
+                if e.get("event") in ("feeding", "loop") and "origin_mono_ns" in e]
 
     def wait_feeding(self, timeout_s: float = 10.0) -> dict[str, Any]:
         """Wait until a client's media got its first access unit."""

@@ -46,6 +46,10 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(s[lo] + (s[hi] - s[lo]) * (k - lo), 3)
 
 
+#: A live source's ``source`` events the summary counts.
+_LIVE_EVENTS = ("connect", "disconnect", "stall", "reconnect", "connect_failed", "reanchor")
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The summary as a JSON-friendly dict (see module doc for the definitions)."""
     timing: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -54,6 +58,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     sync: dict[str, list[float]] = defaultdict(list)
     late: Counter[str] = Counter()
     triggers, clips, errors, members, future = [], [], [], [], 0
+    source_events: list[dict[str, Any]] = []
+    capture_to_fusion: dict[str, list[float]] = defaultdict(list)
     damage: Damage | None = None
     for r in records:
         kind = r.get("record")
@@ -81,6 +87,11 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             members.append(r)
         elif kind == "summary" and r.get("role") == "daemon" and "damage" in r:
             damage = Damage.from_trace(r["damage"]) or damage
+        elif kind == "source" and r.get("event") in _LIVE_EVENTS:
+            source_events.append(r)
+        elif kind == "timing" and r.get("stage") == "fusion_in":
+            capture_to_fusion[str(r.get("member", "?"))].append(
+                float(r.get("capture_to_fusion_ms", 0)))
     components = {}
     for comp, recs in sorted(timing.items()):
         ms = [float(x["process_ms"]) for x in recs]
@@ -93,6 +104,24 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             "p99_ms": percentile(ms, 99), "max_ms": round(max(ms), 3),
             "latency_p50_ms": percentile(lat, 50), "latency_p99_ms": percentile(lat, 99)}
     reads = [r for r in records if r.get("record") == "timing" and r.get("stage") == "read"]
+    live = None
+    if source_events or capture_to_fusion:
+        by_event: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in source_events:
+            by_event[str(r["event"])].append(r)
+        after = [float(r.get("after_ms", 0)) for r in by_event["reconnect"]]
+        live = {
+            "connections": len(by_event["connect"]),
+            "disconnects": dict(Counter(str(r.get("reason")) for r in by_event["disconnect"])),
+            "stalls": len(by_event["stall"]),
+            "connect_failures": len(by_event["connect_failed"]),
+            "reconnect_ms": {"count": len(after), "p50": percentile(after, 50),
+                             "max": max(after)} if after else None,
+            "reanchors": len(by_event["reanchor"]),
+            "capture_to_fusion_ms": {m: {"count": len(v), "p50": percentile(v, 50),
+                                         "p99": percentile(v, 99)}
+                                     for m, v in sorted(capture_to_fusion.items())},
+        }
     return {
         "records": len(records),
         "frames_read": len(reads),
@@ -116,6 +145,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                   for c in clips],
         "errors": [{"component": e.get("component"), "error": e.get("error")} for e in errors],
         "damage": None if damage is None else {**damage.to_trace(), "text": damage.describe()},
+        "live": live,
     }
 
 
@@ -137,6 +167,20 @@ def render(summary: dict[str, Any], bad_lines: int = 0) -> None:
                 else f"source: {damage['text']}, no damage")
         out.print(f"[bold yellow]{line}" if damage["lossy"] else line, highlight=False,
                   soft_wrap=True)
+    live = summary.get("live")
+    if live:
+        reconnect = live["reconnect_ms"]
+        out.print(f"live source: {live['connections']} connection(s), disconnects "
+                  + (", ".join(f"{k} {v}" for k, v in live["disconnects"].items()) or "none")
+                  + f", {live['stalls']} stall(s), {live['connect_failures']} failed "
+                  f"connect(s)"
+                  + (f", reconnected in {reconnect['p50']} ms (p50), {reconnect['max']} ms "
+                     f"(max)" if reconnect else "")
+                  + f", {live['reanchors']} re-anchoring(s)", highlight=False)
+        for member, c in live["capture_to_fusion_ms"].items():
+            out.print(f"capture -> fusion {member.replace('extractor:', '')}: "
+                      f"p50 {c['p50']} ms, p99 {c['p99']} ms ({c['count']} observations)",
+                      highlight=False)
     t = Table(title="components (process time)", title_justify="left")
     t.add_column("component", no_wrap=True)
     for col in ("frames", "fps", "p50 ms", "p95 ms", "p99 ms", "max ms", "e2e p50 ms"):
