@@ -307,13 +307,15 @@ def probe_live(source: str, options: LiveOptions, source_id: str | None = None) 
         deadline = time.monotonic() + options.open_timeout_s + options.read_timeout_s
         try:
             for packet in container.demux(video):
-                for frame in packet.decode():
-                    width, height = frame.width, frame.height
+                try:  # joined mid-GOP (UDP), the decoder refuses packets until a keyframe
+                    frames = packet.decode()
+                except av.FFmpegError:
+                    frames = []
+                if frames:
+                    width, height = frames[0].width, frames[0].height
                     break
-                else:
-                    if time.monotonic() < deadline:
-                        continue
-                break
+                if time.monotonic() >= deadline:
+                    break
             else:
                 raise NotMediaError(f"{redact(source)}: ended before its first frame")
         except av.FFmpegError as e:
@@ -686,7 +688,8 @@ class LiveReader(threading.Thread):
         self.disconnects += 1
         self.emit("disconnect", generation=generation, reason=reason, error=error,
                    lasted_s=round((self.now_ns() - opened_ns) / 1e9, 3), frames=conn.frames,
-                   packets=conn.packets)
+                   packets=conn.packets, decode_errors=conn.decode_errors,
+                   before_keyframe=conn.before_keyframe)
         self.mailbox.put(GenerationEnd(generation, reason))
         return reason
 
@@ -707,6 +710,9 @@ class _Connection:
             raise NotMediaError(f"{redact(reader.source)}: has no video stream")
         self.frames = 0
         self.packets = 0
+        self.decode_errors = 0
+        self.before_keyframe = 0  # video packets skipped before the generation's first keyframe
+        self._keyframe_seen = False
         self.first_frame_t: int | None = None
         self._realtime_seen = False
         self._encoder: H264Encoder | None = None
@@ -827,14 +833,23 @@ class _Connection:
             self.r.wait(wait_ns / 1e9)
 
     def _decoded(self, packet: av.Packet, stream: str) -> list[Any]:
-        """The packet's frames; a packet the decoder rejects is traced and skipped."""
+        """The packet's frames; a packet the decoder rejects is counted (the first one of a
+        generation traced) and skipped."""
         try:
             return list(packet.decode())
-        except av.FFmpegError:
-            self.r.emit("decode_error", generation=self.generation, stream=stream)
+        except av.FFmpegError as e:
+            self.decode_errors += 1
+            if self.decode_errors == 1:
+                self.r.emit("decode_error", generation=self.generation, stream=stream,
+                            error=_reason(e))
             return []
 
     def _decode_video(self, packet: av.Packet) -> None:
+        if not self._keyframe_seen:
+            if not packet.is_keyframe:
+                self.before_keyframe += 1  # joined mid-GOP (UDP): nothing decodes before one
+                return
+            self._keyframe_seen = True
         for frame in self._decoded(packet, "video"):
             tb = Fraction(frame.time_base or packet.stream.time_base)
             t = (self.r.kernel.stamp(frame.pts, tb, False) if self.r.kind == "v4l2"

@@ -21,7 +21,7 @@ import av
 import pytest
 
 from helpers import momentbus_cmd, reaped, run_momentbus, wait_for_trace
-from live_servers import free_port, rtsp_server  # noqa: F401  (fixture)
+from live_servers import free_port, rtsp_server, udp_ts_sender  # noqa: F401  (fixtures)
 from momentbus.clip.ring import PacketRing, packets_from_file
 from momentbus.daemon.live import (Backoff, LiveOptionError, LiveOptions, Mailbox, V4L2Options,
                                    SourceEvent, classify_source, live_source_id, redact)
@@ -319,6 +319,25 @@ def test_a_stall_is_detected_and_reconnected_within_two_read_timeouts_plus_one_s
     assert summary["stalls"] == 1 and summary["generations"] == 2 and summary["reason"] == "stopped"
     disconnect = next(r for r in recs if r.get("event") == "disconnect")
     assert disconnect["reason"] == "stall"
+
+
+@pytest.mark.timeout(60)
+def test_mpegts_over_udp_starts_at_a_keyframe(udp_ts_sender, tmp_path, addr) -> None:  # noqa: F811
+    """A UDP receiver joins mid-GOP and the fast open has no frame size yet: the probe decodes
+    until a frame, the reader skips what precedes the first keyframe (counted), no decode
+    error, frames and packets flow."""
+    udp_ts_sender.start()
+    trace = tmp_path / "daemon.jsonl"
+    proc = run_momentbus("daemon", udp_ts_sender.url, "--bind", addr("frames"), "--duration", "5",
+                         "--trace-file", str(trace), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    recs = records(trace)
+    opened = next(r for r in recs if r.get("event") == "open")
+    assert (opened["width"], opened["height"]) == (640, 360)
+    ended = next(r for r in recs if r.get("event") == "disconnect")
+    assert ended["reason"] == "stopped" and ended["decode_errors"] == 0
+    assert ended["frames"] > 0 and ended["packets"] > ended["frames"] - 1
+    assert not [r for r in recs if r.get("event") == "decode_error"]
 
 
 # --------------------------------------------------------------------------- a file as a camera
