@@ -329,6 +329,8 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
                     code = ExitCode.ERROR  # a core role died for good (its budget spent)
                     break
                 if not sup.running():
+                    if stop.count >= 2:  # interrupted twice, even if the end came meanwhile
+                        code = ExitCode.INTERRUPTED
                     break
                 if fusion.exit_code is not None and daemon.exit_code is not None:
                     # the source and fusion are done: a member still starting up (a late

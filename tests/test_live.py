@@ -419,3 +419,34 @@ def test_latest_drops_are_counted_when_a_reader_is_slower_than_the_source(sample
                     and r.get("reason") == "latest" for s in r["seqs"])
     assert traced == sorted(dropped)
     assert summary["groups"]["slow"] == {"delivered": len(received), "dropped": len(dropped)}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_second_ctrl_c_quits_a_live_run_at_once(sample, tmp_path) -> None:
+    """Through the run's own stop flag (two SIGINTs sent back to back can merge into one
+    signal in the kernel; the flag counts what the handler saw): 130, nothing left running."""
+    import threading
+
+    from momentbus.lifecycle import StopFlag
+    from momentbus.run import RunOptions, run_pipeline
+
+    out = tmp_path / "out"
+    stop = StopFlag()
+    opts = RunOptions(source=str(sample("WolfgangLanger_Pexels.mp4")), out_dir=str(out),
+                      quiet=True, summary=False, live=LiveOptions(realtime=True, loop=True))
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(run_pipeline(opts, stop)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        trace = out / "trace.jsonl"
+        while not (trace.exists() and '"first_frame"' in trace.read_text()):
+            assert thread.is_alive() and time.monotonic() < deadline
+            thread.join(0.05)
+        stop.set()
+        stop.set()
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive() and result[0].exit_code == 130
