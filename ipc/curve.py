@@ -36,6 +36,9 @@ Refused peers (:class:`CurveAuthenticator`): an unknown client key is refused by
 fingerprint and IP address are known); a client without CURVE, or holding another folder's server
 key, fails the handshake before ZAP runs, so libzmq reports it only as a monitor event on the
 bound socket, with neither key nor peer address (the address reported is the bound endpoint).
+Both ends see a mechanism mismatch in the greetings; whichever closes first, the other sees only
+the close, so a client without CURVE is reported as ``mechanism_mismatch`` or
+``handshake_aborted`` (seen both ways across a veth link).
 Measured with libzmq 4.3.5: an unknown key or a NULL client is refused once and does not retry; a
 client holding the wrong server key retries every ``ZMQ_RECONNECT_IVL`` (100 ms by default), so
 reports are rate-limited per (fingerprint, address, reason) (``repeat_s``) and every attempt is
@@ -72,7 +75,7 @@ from .errors import IpcError, PeerTimeoutError
 __all__ = [
     "CLIENTS_DIR", "DEFAULT_CLIENT", "PUBLIC_SUFFIX", "SECRET_SUFFIX", "SERVER_NAME", "ZAP_DOMAIN",
     "REFUSED_UNKNOWN_KEY", "REFUSED_MECHANISM", "REFUSED_WRONG_SERVER_KEY", "REFUSED_PROTOCOL",
-    "REFUSED_KEY_FOLDER", "REFUSED_BY_SERVER", "HANDSHAKE_FAILED",
+    "REFUSED_ABORTED", "REFUSED_KEY_FOLDER", "REFUSED_BY_SERVER", "HANDSHAKE_FAILED",
     "SecurityError", "KeyFileMissingError", "KeyPermissionError", "KeyFormatError",
     "KeyExistsError", "KeyNameError", "InsecureBindError", "CurveSetupError",
     "KeyPair", "ClientKeys", "init_keys", "add_client", "load_server_keys", "load_client_keys",
@@ -103,6 +106,8 @@ REFUSED_UNKNOWN_KEY = "unknown_key"          # ZAP: a valid CURVE client whose k
 REFUSED_MECHANISM = "mechanism_mismatch"     # the peer speaks no CURVE (NULL/PLAIN) or vice versa
 REFUSED_WRONG_SERVER_KEY = "wrong_server_key"  # the client's HELLO did not decrypt: a stranger
 REFUSED_PROTOCOL = "protocol_error"          # any other ZMTP/ZAP protocol error
+REFUSED_ABORTED = "handshake_aborted"        # the peer closed mid-handshake (a client without
+#                                              CURVE that noticed first, or a port scan)
 REFUSED_KEY_FOLDER = "key_folder_unreadable"  # fail closed: the allowed keys could not be read
 # Client-side outcomes (handshake_failure_reason on a connecting socket's monitor).
 REFUSED_BY_SERVER = "refused_by_server"      # the server's ZAP said no (our key is not allowed)
@@ -496,7 +501,8 @@ def handshake_failure_reason(event: int, value: int) -> str | None:
     the client's HELLO did not decrypt with our key) -> :data:`REFUSED_WRONG_SERVER_KEY`, others
     -> :data:`REFUSED_PROTOCOL`. ``HANDSHAKE_FAILED_AUTH`` (ZAP status, on a client: the server
     refused our key) -> :data:`REFUSED_BY_SERVER`; ``HANDSHAKE_FAILED_NO_DETAIL`` (the peer closed
-    mid-handshake; a client holding the wrong server key sees this) -> :data:`HANDSHAKE_FAILED`.
+    mid-handshake; a client holding the wrong server key sees this, and so may a client without
+    CURVE when the server closes before its greeting is read) -> :data:`HANDSHAKE_FAILED`.
     """
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
         if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
@@ -759,8 +765,8 @@ class CurveAuthenticator:
             mon.close(0)
             return
         reason = handshake_failure_reason(event["event"], event["value"])
-        if reason == HANDSHAKE_FAILED:  # on a server: the peer left mid-handshake (a port scan)
-            reason = REFUSED_PROTOCOL
+        if reason == HANDSHAKE_FAILED:  # on a server: the peer left mid-handshake
+            reason = REFUSED_ABORTED
         if reason is not None:
             endpoint = event["endpoint"]
             address = (endpoint.decode("utf-8", "replace") if isinstance(endpoint, bytes)

@@ -244,8 +244,12 @@ def test_an_unknown_key_is_refused_reported_and_gets_nothing(gate, keys, tmp_pat
 def test_a_client_without_curve_is_refused_before_zap(gate):
     sock, monitor = gate.client(None)
     sock.send(b"plain")
-    assert curve.wait_handshake(monitor, TIMEOUT_S) == curve.REFUSED_MECHANISM
-    assert gate.refused.get(timeout=TIMEOUT_S) == (None, gate.endpoint, curve.REFUSED_MECHANISM)
+    # the client sees the mismatch, or only the close if the server's greeting came too late
+    assert curve.wait_handshake(monitor, TIMEOUT_S) in (curve.REFUSED_MECHANISM,
+                                                        curve.HANDSHAKE_FAILED)
+    fp, address, reason = gate.refused.get(timeout=TIMEOUT_S)
+    assert (fp, address) == (None, gate.endpoint)
+    assert reason in (curve.REFUSED_MECHANISM, curve.REFUSED_ABORTED)  # who closed first
     assert not gate.sock.poll(0)
 
 
