@@ -22,6 +22,7 @@ from netns import Host, Netns, netns_hosts, two_hosts, unavailable_reason
 from proc_lines import JsonLines
 
 PEER = str(Path(__file__).with_name("curve_peer.py"))
+UP_THEN_WAIT = "import json, sys; print(json.dumps({'event': 'up'}), flush=True); sys.stdin.read()"
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -157,13 +158,16 @@ def test_namespaces_links_and_processes_are_removed_even_when_a_test_fails():
     with pytest.raises(RuntimeError, match="a failing test"):
         with netns_hosts(2) as net:
             names = [h.name for h in net.hosts]
-            child = net.run_in(net[1], [sys.executable, "-c", "import sys; sys.stdin.read()"],
-                               stdin=subprocess.PIPE)
+            child = net.run_in(net[1], [sys.executable, "-c", UP_THEN_WAIT],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            JsonLines(child, "child").expect("up")  # it runs inside the namespace by now
             assert net.pids(net[1]) == [child.pid]
             raise RuntimeError("a failing test")
     assert child.poll() is not None
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not [n for n in names if n in listed]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert f"mb{net.tag}" not in links  # no veth end ever sat in (or fell back to) the root
     assert not (Path("/run/momentbus-netns") / f"mb{net.tag}.json").exists()
 
 
