@@ -39,10 +39,11 @@ bound socket, with neither key nor peer address (the address reported is the bou
 Both ends see a mechanism mismatch in the greetings; whichever closes first, the other sees only
 the close, so a client without CURVE is reported as ``mechanism_mismatch`` or
 ``handshake_aborted`` (seen both ways across a veth link).
-Measured with libzmq 4.3.5: an unknown key or a NULL client is refused once and does not retry; a
-client holding the wrong server key retries every ``ZMQ_RECONNECT_IVL`` (100 ms by default), so
-reports are rate-limited per (fingerprint, address, reason) (``repeat_s``) and every attempt is
-counted (:attr:`CurveAuthenticator.refusals`).
+Measured with libzmq 4.3.5: a client refused by ZAP, or that sees the mechanism mismatch, does
+not retry; a client that only sees the connection close (the wrong server key, always) reconnects
+every ``ZMQ_RECONNECT_IVL`` (100 ms by default: 7-9 attempts a second), so reports are
+rate-limited per (fingerprint, address, reason) (``repeat_s``) and every attempt is counted
+(:attr:`CurveAuthenticator.refusals`).
 """
 
 from __future__ import annotations
@@ -795,7 +796,10 @@ class CurveAuthenticator:
                 return False
             if self._on_allowed is not None:
                 with self._lock:
-                    self._on_allowed(fingerprint(z85_key), address, name)
+                    try:
+                        self._on_allowed(fingerprint(z85_key), address, name)
+                    except Exception:  # a reporting bug must not refuse an allowed client
+                        log.exception("on_allowed callback failed")
             return True
         except Exception:
             log.exception("ZAP decision failed; refusing")

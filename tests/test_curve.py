@@ -295,10 +295,10 @@ def test_repeated_refusals_are_counted_and_reported_once_per_period(ctx, keys, t
     assert gate.refused.empty()  # yet only two reports
 
 
-def test_a_failing_callback_does_not_stop_authentication(ctx, keys, tmp_path):
+def test_failing_callbacks_do_not_change_or_stop_authentication(ctx, keys, tmp_path):
     def boom(*_: object) -> None:
         raise RuntimeError("callback bug")
-    auth = curve.CurveAuthenticator(keys, on_refused=boom, context=ctx)
+    auth = curve.CurveAuthenticator(keys, on_refused=boom, on_allowed=boom, context=ctx)
     with auth:
         srv = ctx.socket(zmq.ROUTER)
         auth.secure(srv)
