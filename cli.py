@@ -7,8 +7,9 @@ User mistakes (a missing file, a bad rules file, an address in use) print one li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .lifecycle import ExitCode
@@ -51,6 +52,20 @@ def _clip_options(p: argparse.ArgumentParser) -> None:
                    help="copy: remux from the keyframe at or before the start (fast, lossless, "
                         "may start up to a GOP early); exact: re-encode so the clip starts and "
                         "ends on the requested frames (default: copy)")
+
+
+def _security_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "other machines", "A bind on anything but ipc:// or a loopback address needs CURVE keys "
+        "(or --insecure). With --keys every tcp:// bind admits exactly the client keys in "
+        "DIR/clients/ and every tcp:// connect uses DIR/clients/NAME; copy the folder made by "
+        "`momentbus keys init DIR` to every host.")
+    g.add_argument("--keys", metavar="DIR", help="the key folder (momentbus keys init DIR)")
+    g.add_argument("--key-name", default="default", metavar="NAME",
+                   help="the client key this role connects with (default: default)")
+    g.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback bind without keys: no encryption, anyone who "
+                        "can reach it gets in (a warning is printed)")
 
 
 def _live_arguments(p: argparse.ArgumentParser) -> None:
@@ -143,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-only", action="store_true",
                    help="accept a file without video (only audio extractors will attach)")
     _live_arguments(p)
+    _security_arguments(p)
     _common(p)
 
     p = sub.add_parser("extractor", help="run one extractor process")
@@ -162,9 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every: lossless, in order; latest: the newest frame on credit, the "
                         "frames skipped traced as drops; auto: latest for a live source's "
                         "video, every otherwise (default: auto)")
-    p.add_argument("--encoding", choices=["raw", "shm", "jpeg"], default="raw",
-                   help="shm (same host: pixels in shared memory, fastest), raw (any host, "
-                        "bytes over ZeroMQ) or jpeg (cross-host, ~20x less bandwidth)")
+    p.add_argument("--encoding", choices=["auto", "raw", "shm", "jpeg"], default="auto",
+                   help="how pixels travel: shm (same host: shared memory, fastest), raw (any "
+                        "host, every byte: 2.76 MB a 720p frame), jpeg (q80, ~45x smaller at "
+                        "720p; lossy); auto: shm when the daemon's address is ipc:// or "
+                        "loopback, jpeg otherwise (default: auto; bench/hosts.py)")
+    _security_arguments(p)
     _common(p)
 
     p = sub.add_parser("fusion", help="align observations and fire triggers")
@@ -183,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="a restart: replay OUT/fusion.wal (rule state and triggers come out as "
                         "before) and append to OUT/triggers.jsonl; without it both start afresh")
+    _security_arguments(p)
     _common(p)
 
     p = sub.add_parser("clip", help="cut clips for incoming triggers")
@@ -203,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(momentbus run computes it; default: 20)")
     g.add_argument("--ring-mb", type=float, default=64.0, metavar="MB",
                    help="bound on the ring's memory, MiB (default: 64)")
+    _security_arguments(p)
     _common(p)
 
     p = sub.add_parser("extract", help="one extractor in-process on a file, Obs as JSON lines",
@@ -228,9 +249,24 @@ def build_parser() -> argparse.ArgumentParser:
                                    "drops by reason, sync delays by who was waited for, late "
                                    "observations, triggers and clips. plot: a timeline PNG.")
     p.add_argument("action", choices=["summary", "plot"])
-    p.add_argument("file", help="a trace JSONL (e.g. OUT/trace.jsonl), partial ones too")
+    p.add_argument("file", nargs="+",
+                   help="a trace JSONL (e.g. OUT/trace.jsonl; partial ones too), or several "
+                        "(each role's --trace-file, from any hosts): read as one trace")
     p.add_argument("--json", action="store_true", help="summary: print JSON instead of tables")
     p.add_argument("-o", "--output", default="timeline.png", help="plot: PNG path")
+
+    p = sub.add_parser("keys", help="make CURVE keys for roles on other machines",
+                       description="init DIR: a server key pair and a 'default' client pair "
+                                   "(secrets 0600, folder 0700). add DIR NAME: one more client. "
+                                   "Copy the folder to every host and give each role --keys DIR; "
+                                   "deleting DIR/clients/NAME.key on the binding hosts revokes "
+                                   "NAME. Prints the public keys' fingerprints, never a secret.")
+    keys_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = keys_sub.add_parser("init", help="create a key folder")
+    p.add_argument("dir")
+    p = keys_sub.add_parser("add", help="add a client key pair")
+    p.add_argument("dir")
+    p.add_argument("name", help="letters, digits, _ and -, up to 64")
 
     p = sub.add_parser("rules", help="check a rules file")
     rules_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -253,6 +289,28 @@ def _tracer(args: argparse.Namespace, component: str) -> Any:
     configure_logging(args.log_level)
     return Tracer(component, collector=args.trace_collector, path=args.trace_file,
                   level=Level.parse(args.trace_level))
+
+
+@contextlib.contextmanager
+def _secured(args: argparse.Namespace, tracer: Any, binds: tuple[str, ...] = (),
+             ) -> Iterator[Any]:
+    """This role's CURVE keys or bind policy, for every socket it makes (ipc/security.py);
+    refused peers are traced. Unusable keys or an insecure bind fail here, before any work."""
+    from .ipc import sockets
+    from .ipc.security import RoleSecurity
+
+    def refused(fingerprint: str | None, address: str, reason: str) -> None:
+        tracer.emit("member", event="refused", fingerprint=fingerprint, address=address,
+                    reason=reason)
+
+    security = RoleSecurity(args.keys, args.key_name, args.insecure, on_refused=refused)
+    security.check(binds)
+    previous = sockets.use_security(security)
+    try:
+        yield security
+    finally:
+        sockets.use_security(previous)
+        security.close()
 
 
 def _groups(text: str) -> tuple[str, ...]:
@@ -282,11 +340,21 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     live = _live_options(args)
     if not is_microphone(args.source) and not is_live(args.source, live):
         probe(args.source, require_video=not args.audio_only)
-    with _tracer(args, "daemon") as tracer:
+    with _tracer(args, "daemon") as tracer, _secured(args, tracer, (args.bind,)):
         return run(DaemonConfig(args.source, args.bind, args.fusion, _groups(args.expect),
                                 args.wait, require_video=not args.audio_only, state=args.state,
                                 live=live, duration_s=args.duration), tracer,
                    StopFlag().install())
+
+
+def _encoding_for(encoding: str, daemon: str) -> str:
+    """``auto``: shared memory when the daemon is on this host (ipc://, loopback), JPEG across
+    hosts (a 1 Gbit/s link carries 45 raw 720p frames/s, ~2,000 JPEG ones: bench/hosts.py)."""
+    if encoding != "auto":
+        return encoding
+    from .ipc.curve import is_loopback
+
+    return "shm" if is_loopback(daemon) else "jpeg"
 
 
 @_role
@@ -297,10 +365,11 @@ def cmd_extractor(args: argparse.Namespace) -> int:
 
     stop = StopFlag().install()
     cfg = RunnerConfig(args.kind, args.daemon, args.fusion, args.backend, args.group,
-                       args.instance, args.fps, args.policy, args.encoding,
+                       args.instance, args.fps, args.policy,
+                       _encoding_for(args.encoding, args.daemon),
                        daemon_timeout_s=args.daemon_timeout)
-    extractor = build(args.kind, args.backend)  # load the model before joining: ready = loaded
-    with _tracer(args, cfg.component) as tracer:
+    with _tracer(args, cfg.component) as tracer, _secured(args, tracer):
+        extractor = build(args.kind, args.backend)  # load the model before joining: ready = loaded
         return run(cfg, tracer, stop, extractor)
 
 
@@ -311,7 +380,7 @@ def cmd_fusion(args: argparse.Namespace) -> int:
     from .lifecycle import StopFlag
 
     specs = load_rules(args.rules)
-    with _tracer(args, "fusion") as tracer:
+    with _tracer(args, "fusion") as tracer, _secured(args, tracer, (args.bind,)):
         return run(FusionConfig(args.bind, args.out, args.clip, _groups(args.expect),
                                 int(args.idle_timeout * 1e9), save_obs=args.save_obs,
                                 resume=args.resume), specs, tracer, StopFlag().install())
@@ -326,7 +395,7 @@ def cmd_clip(args: argparse.Namespace) -> int:
         raise UserError("--ring-seconds must be above 0 and at most 3600")
     if not 1 <= args.ring_mb <= 65536:
         raise UserError("--ring-mb must be between 1 and 65536")
-    with _tracer(args, "clip") as tracer:
+    with _tracer(args, "clip") as tracer, _secured(args, tracer, (args.bind,)):
         return run(ClipConfig(args.source, args.bind, args.out, args.clip_format,
                               args.clip_mode, frames=args.frames,
                               ring_s=args.ring_seconds,
@@ -396,12 +465,17 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     from .traces.summary import read_records, render, summarize
 
-    try:
-        records, bad = read_records(args.file)
-    except OSError as e:
-        raise UserError(f"{args.file}: cannot read ({e.strerror})") from None
+    records, bad = [], 0
+    for path in args.file:
+        try:
+            more, more_bad = read_records(path)
+        except OSError as e:
+            raise UserError(f"{path}: cannot read ({e.strerror})") from None
+        records += more
+        bad += more_bad
     if not records:
-        raise UserError(f"{args.file}: no trace records in it")
+        raise UserError(f"{' '.join(args.file)}: no trace records in it")
+    records.sort(key=lambda r: r.get("wall_ns") or 0)  # several files: one timeline
     if args.action == "summary":
         summary = summarize(records)
         if args.json:
@@ -411,7 +485,25 @@ def cmd_trace(args: argparse.Namespace) -> int:
         return ExitCode.OK
     from .traces.plot import plot_timeline
 
-    print(plot_timeline(records, args.output, title=f"momentbus timeline: {args.file}"))
+    print(plot_timeline(records, args.output,
+                        title=f"momentbus timeline: {' '.join(args.file)}"))
+    return ExitCode.OK
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .ipc import curve
+
+    if args.action == "init":
+        folder = curve.init_keys(args.dir)
+        server = curve.load_server_keys(folder)
+        client = curve.load_client_keys(folder)
+        print(f"wrote {folder}: server key {server.fingerprint}, client 'default' "
+              f"{client.pair.fingerprint}")
+    else:
+        path = curve.add_client(args.dir, args.name)
+        client = curve.load_client_keys(args.dir, args.name)
+        print(f"wrote {path} (and its secret, 0600): client {args.name!r} "
+              f"{client.pair.fingerprint}")
     return ExitCode.OK
 
 
@@ -426,7 +518,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "daemon": cmd_daemon, "extractor": cmd_extractor, "fusion": cmd_fusion,
-    "clip": cmd_clip, "extract": cmd_extract, "samples": cmd_samples, "trace": cmd_trace, "demo": cmd_demo, "rules": cmd_rules,
+    "clip": cmd_clip, "extract": cmd_extract, "samples": cmd_samples, "trace": cmd_trace,
+    "demo": cmd_demo, "rules": cmd_rules, "keys": cmd_keys,
 }
 
 
@@ -442,10 +535,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .daemon.samples import SampleError
     from .extractors.base import ExtractorError
     from .fusion.rules import RulesError
+    from .ipc.curve import SecurityError
 
     try:
         return COMMANDS[args.command](args)
-    except (UserError, SourceError, RulesError, ExtractorError, SampleError) as e:
+    except (UserError, SourceError, RulesError, ExtractorError, SampleError,
+            SecurityError) as e:
         print(f"momentbus: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except zmq.ZMQError as e:

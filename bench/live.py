@@ -68,7 +68,8 @@ def latency(console: Console, duration: float) -> None:
         recs = records(out / "trace.jsonl")
         fusion_in: dict[str, list[float]] = {}
         for r in recs:
-            if r.get("record") == "timing" and r.get("stage") == "fusion_in":
+            if r.get("record") == "timing" and r.get("stage") == "fusion_in" \
+                    and r.get("capture_to_fusion_ms") is not None:
                 fusion_in.setdefault(r["member"], []).append(r["capture_to_fusion_ms"])
         emitted = {r["t_event_ns"]: r["emitted_ns"] for r in recs
                    if r.get("record") == "trigger"}

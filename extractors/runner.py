@@ -24,8 +24,11 @@ import msgspec
 import zmq
 
 from ..ipc import sockets
+from ..ipc.curve import PeerRefusedError
 from ..ipc.errors import PeerTimeoutError
 from ..ipc.framebus import HEARTBEAT_INTERVAL_S, FrameBusClient, SupersededError
+from ..ipc.clock import REPORT_MIN_SAMPLES
+from ..ipc.linkclock import LinkClock
 from ..ipc.reliable import ReliableSender, incarnation_now
 from ..ipc.schema import Eof, Heartbeat, Hello, Watermark
 from ..ipc.vocab import Encoding, Policy, component_name
@@ -68,18 +71,33 @@ class RunnerConfig:
 
 class _FusionHeartbeat(threading.Thread):
     """Sends Heartbeat to fusion every 0.5 s on its own socket until stopped (heartbeats may
-    be lost: they only say "alive")."""
+    be lost: they only say "alive"), with clock stamps; fusion answers each, so both ends keep
+    an estimate of the other's wall clock (:attr:`clock`)."""
 
     def __init__(self, address: str, component: str) -> None:
         super().__init__(name="fusion-heartbeat", daemon=True)
         self.address = address
         self.component = component
         self.stopped = threading.Event()
+        self.clock = LinkClock()
 
     def run(self) -> None:
         with sockets.connect(zmq.DEALER, self.address, hwm=10) as sock:
-            while not self.stopped.wait(HEARTBEAT_INTERVAL_S):
-                sockets.try_send(sock, Heartbeat(component=self.component, wall_ns=time.time_ns()))
+            replies: sockets.Receiver[Heartbeat] = sockets.Receiver(
+                sock, (Heartbeat,), where="the fusion heartbeat")
+            next_beat = time.monotonic()
+            while not self.stopped.is_set():
+                if time.monotonic() >= next_beat:
+                    sockets.try_send(sock, Heartbeat(component=self.component,
+                                                     wall_ns=time.time_ns(),
+                                                     clock=self.clock.stamps()))
+                    next_beat = time.monotonic() + HEARTBEAT_INTERVAL_S
+                reply = replies.recv(max(1, int((next_beat - time.monotonic()) * 1000)))
+                if reply is not None:
+                    self.clock.receive(reply.clock)
+                    est = self.clock.estimate()
+                    if est is None or est.samples < REPORT_MIN_SAMPLES:
+                        next_beat = time.monotonic()  # a few quick rounds: both ends converge
 
 
 def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor | None = None,
@@ -111,6 +129,9 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
             except PeerTimeoutError as e:
                 tracer.error("join", e)
                 return ExitCode.JOIN_TIMEOUT
+            except PeerRefusedError as e:  # keys that cannot work: a user mistake, exit 2
+                tracer.error("join", e)
+                raise
             tracer.source_id = welcome.source_id
             stamper = ObsStamper(welcome.source_id, cfg.group_name, cfg.component)
 
@@ -122,8 +143,15 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
             def send(results: list[Result], watermark_ns: int, latency_ns: int = 0) -> None:
                 observations, bare = stamper.stamp(results, watermark_ns, latency_ns)
                 for obs in observations:
-                    to_fusion(obs)
+                    to_fusion(msgspec.structs.replace(obs, sent_wall_ns=time.time_ns()))
                 send_watermark(bare)
+
+            def clock_reports() -> None:
+                for peer, clock in (("daemon", client.clock), ("fusion", heartbeat.clock)):
+                    est = clock.report_due()
+                    if est is not None:
+                        tracer.emit("member", event="clock", member=cfg.component,
+                                    group=cfg.group_name, peer=peer, **est.fields())
 
             to_fusion(hello)
             heartbeat.start()
@@ -131,6 +159,7 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
                         fps=cfg.fps, instance=cfg.instance, incarnation=cfg.incarnation)
             while not stop.is_set():
                 link.pump()
+                clock_reports()
                 item = client.recv(100)
                 if item is None:
                     continue
@@ -162,13 +191,16 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
                     continue
                 consecutive = 0
                 process_ns = time.perf_counter_ns() - t0
-                latency_ns = time.time_ns() - item.capture_wall_ns
+                # the capture stamp is the daemon's wall clock: moved to ours by the measured
+                # offset, so another host's clock error does not show up as latency
+                captured = client.clock.to_local_ns(item.capture_wall_ns)
+                latency_ns = time.time_ns() - captured
                 send(results, extractor.watermark_after(item), latency_ns)
                 client.done()
                 processed += 1
                 tracer.emit("timing", seq=item.seq, t_ns=item.t_ns, stage="process",
                             process_ms=round(process_ns / 1e6, 3),
-                            wait_ms=round((received_wall - item.capture_wall_ns) / 1e6, 3),
+                            wait_ms=round((received_wall - captured) / 1e6, 3),
                             latency_ms=round(latency_ns / 1e6, 3),
                             gaps=msgspec.to_builtins(item.gaps) if getattr(item, "gaps", None)
                             else None)

@@ -30,6 +30,7 @@ from msgspec.structs import replace
 
 from ..ipc import sockets
 from ..ipc.errors import DecodeError
+from ..ipc.linkclock import LinkClock
 from ..ipc.reliable import Delivery, ReliableReceiver, ReliableSender, incarnation_now
 from ..ipc.schema import (Eof, Heartbeat, Hello, Message, Obs, Trig, Watermark, Welcome, decode,
                           encode, to_json_dict)
@@ -162,6 +163,7 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
     if clip is not None:
         for trig in fusion.fired:  # the clip role skips clips it already wrote
             clip.send(trig)
+    clocks = _MemberClocks(router, tracer)
 
     def handle(out: Output) -> None:
         for trig in fusion.number(out):
@@ -195,9 +197,19 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
                    delivery.rseq)
         if obs_log is not None and isinstance(msg, Obs):
             obs_log.write(json.dumps(to_json_dict(msg), separators=(",", ":")) + "\n")
-        if fusion.live and isinstance(msg, Obs):  # t_ns is capture time on this host's clock
+        if isinstance(msg, Heartbeat) and msg.clock is not None:
+            clocks.answer(delivery, msg)
+        elif isinstance(msg, Obs) and msg.sent_wall_ns:
+            # capture -> here: the extractor's capture -> send (on its clock, the capture stamp
+            # moved to it by its offset to the daemon) plus send -> here (its send stamp moved
+            # to our clock by our offset to it): right whatever the hosts' clocks say
+            sent = clocks.to_local_ns(msg.component, msg.sent_wall_ns)
+            transit = None if sent is None else time.time_ns() - sent
             tracer.emit("timing", stage="fusion_in", member=msg.component, seq=msg.seq,
-                        t_ns=msg.t_ns, capture_to_fusion_ms=round((t - msg.t_ns) / 1e6, 3))
+                        t_ns=msg.t_ns,  # None: no clock sample from that member yet
+                        transit_ms=None if transit is None else round(transit / 1e6, 3),
+                        capture_to_fusion_ms=None if transit is None
+                        else round((msg.latency_ns + transit) / 1e6, 3))
         handle(fusion.apply(msg, t))
         inbox.done(delivery)
 
@@ -246,6 +258,45 @@ def run(cfg: FusionConfig, specs: list[RuleSpec], tracer: Tracer, stop: StopFlag
         if clip_sock is not None:
             clip_sock.close(0)
     return code
+
+
+#: Members whose clocks fusion keeps (more are answered, not kept: a flood of made-up
+#: components cannot grow fusion's memory).
+MAX_CLOCKS = 1024
+
+
+class _MemberClocks:
+    """Fusion's end of each extractor's heartbeat link: it answers every stamped heartbeat
+    (so the extractor samples our clock) and keeps the member's offset (linkclock.py)."""
+
+    def __init__(self, router: zmq.Socket[Any], tracer: Tracer) -> None:
+        self.router = router
+        self.tracer = tracer
+        self.clocks: dict[str, LinkClock] = {}
+
+    def answer(self, delivery: Delivery[Message], beat: Heartbeat) -> None:
+        clock = self.clocks.get(beat.component)
+        if clock is None:
+            clock = LinkClock()
+            if len(self.clocks) < MAX_CLOCKS:
+                self.clocks[beat.component] = clock
+        clock.receive(beat.clock)
+        reply = Heartbeat(component="fusion", wall_ns=time.time_ns(), clock=clock.stamps())
+        try:
+            sockets.send(self.router, reply, identity=delivery.identity, flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the heartbeat socket is gone (the member stopped): nothing to answer
+        est = clock.report_due()
+        if est is not None:
+            self.tracer.emit("member", event="clock", member=beat.component,
+                             peer=beat.component, host=delivery.peer_address or None,
+                             **est.fields())
+
+    def to_local_ns(self, component: str, wall_ns: int) -> int | None:
+        """A member's wall-clock stamp on our clock; ``None`` before its first clock sample."""
+        clock = self.clocks.get(component)
+        est = clock.estimate() if clock is not None else None
+        return None if est is None else est.to_local_ns(wall_ns)
 
 
 def _from_its_sender(delivery: Delivery[Message]) -> bool:

@@ -33,10 +33,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 __all__ = [
     "DEFAULT_WINDOW", "PHI_PPM", "DEFAULT_MAX_HOLD_NS", "ClockSampleError", "ClockSample",
-    "ClockEstimate", "ClockFilter", "Stamps", "ClockPeer", "offset_and_rtt",
+    "ClockEstimate", "ClockFilter", "Stamps", "StampsLike", "ClockPeer", "ReportGate",
+    "offset_and_rtt",
 ]
 
 #: Samples kept by the filter: NTP's clock-filter register has 8 stages (RFC 5905 section 10,
@@ -206,6 +208,19 @@ class Stamps:
     xmt: int
 
 
+class StampsLike(Protocol):
+    """Anything with the three stamps (:class:`Stamps`, the wire's ``ClockStamps``)."""
+
+    @property
+    def org(self) -> int: ...
+
+    @property
+    def rec(self) -> int: ...
+
+    @property
+    def xmt(self) -> int: ...
+
+
 class ClockPeer:
     """The NTP symmetric-mode on-wire state for one peer, and its clock filter.
 
@@ -240,7 +255,8 @@ class ClockPeer:
         self._sent.append(now_wall_ns)
         return Stamps(org, rec, now_wall_ns)
 
-    def receive(self, stamps: Stamps, now_wall_ns: int, now_mono_ns: int) -> ClockSample | None:
+    def receive(self, stamps: StampsLike, now_wall_ns: int,
+                now_mono_ns: int) -> ClockSample | None:
         """Take a message's stamps on arrival; the new sample (also added to :attr:`filter`) or
         ``None``."""
         if stamps.xmt:
@@ -262,3 +278,28 @@ class ClockPeer:
     def estimate(self, now_mono_ns: int | None = None) -> ClockEstimate | None:
         """The filter's estimate of the peer's clock (see :meth:`ClockFilter.estimate`)."""
         return self.filter.estimate(now_mono_ns)
+
+
+#: A link's clock is first reported once its filter holds this many samples (heartbeats every
+#: 0.5 s: 2 s after joining), then every :data:`REPORT_EVERY_NS`.
+REPORT_MIN_SAMPLES = 4
+REPORT_EVERY_NS = 60_000_000_000
+
+
+class ReportGate:
+    """When to trace a link's clock estimate: once it rests on ``min_samples`` samples, then
+    every ``every_ns`` (local monotonic ns)."""
+
+    def __init__(self, min_samples: int = REPORT_MIN_SAMPLES,
+                 every_ns: int = REPORT_EVERY_NS) -> None:
+        self.min_samples = min_samples
+        self.every_ns = every_ns
+        self._last: int | None = None
+
+    def due(self, estimate: ClockEstimate | None, now_mono_ns: int) -> bool:
+        if estimate is None or estimate.samples < self.min_samples:
+            return False
+        if self._last is not None and now_mono_ns - self._last < self.every_ns:
+            return False
+        self._last = now_mono_ns
+        return True

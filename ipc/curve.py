@@ -80,7 +80,7 @@ __all__ = [
     "SecurityError", "KeyFileMissingError", "KeyPermissionError", "KeyFormatError",
     "KeyExistsError", "KeyNameError", "InsecureBindError", "CurveSetupError",
     "KeyPair", "ClientKeys", "init_keys", "add_client", "load_server_keys", "load_client_keys",
-    "allowed_client_keys", "fingerprint", "is_loopback", "require_security",
+    "allowed_client_keys", "PeerRefusedError", "fingerprint", "is_loopback", "require_security",
     "configure_server", "configure_client", "handshake_failure_reason", "HANDSHAKE_EVENTS",
     "handshake_monitor", "wait_handshake", "CurveAuthenticator",
     "OnRefused", "OnAllowed",
@@ -154,6 +154,11 @@ class KeyNameError(SecurityError, ValueError):
 
 class InsecureBindError(SecurityError, PermissionError):
     """A bind on a non-loopback address without keys and without ``--insecure``."""
+
+
+class PeerRefusedError(SecurityError, ConnectionRefusedError):
+    """The peer we connect to refused our handshake (our key is not admitted there, we hold
+    another folder's server key, or one side has no CURVE): retrying cannot help."""
 
 
 class CurveSetupError(SecurityError, ValueError):

@@ -37,18 +37,25 @@ every current member of a group has passed is not sent to that group again, and
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import zmq
 from msgspec.structs import replace
 from numpy.typing import NDArray
+from zmq.utils.monitor import recv_monitor_message
 
 from . import sockets
 from .errors import DecodeError, PeerTimeoutError
+from .curve import (HANDSHAKE_FAILED, REFUSED_BY_SERVER, REFUSED_MECHANISM, PeerRefusedError,
+                    handshake_failure_reason, handshake_monitor)
+from .linkclock import LinkClock
+from .security import is_tcp
 from .sampling import FpsSampler
 from .schema import (AudioChunk, Credit, Eof, Frame, Gap, Heartbeat, Hello, Message, Packet,
                      Rejoin, ShmRef, StreamInfo, Welcome)
@@ -107,6 +114,9 @@ class _Member:
     worked: bool = False  # returned at least one credit for an item
     in_flight: deque[Item] = field(default_factory=deque)
     eof_sent: bool = False
+    #: the member's wall clock against ours, from the stamps on Hello/heartbeats (linkclock.py)
+    clock: LinkClock = field(default_factory=LinkClock)
+    address: str = ""  # its IP address (TCP)
 
 
 @dataclass(eq=False)
@@ -241,6 +251,10 @@ class FrameBusServer:
                 self._release(item)
         elif isinstance(msg, Eof):  # the member leaves on purpose, its work done
             self._leave(member, "bye")
+        elif isinstance(msg, Heartbeat) and msg.clock is not None:
+            member.clock.receive(msg.clock)
+            self._heartbeat(member)  # answered at once: the member gets a clock sample
+            self._clock_report(member)
 
     def _hello(self, identity: bytes, hello: Hello, now: float) -> None:
         stream = hello.streams[0]
@@ -251,7 +265,8 @@ class FrameBusServer:
             member.credit = 0
             member.last_seen = member.last_credit = now
             member.last_seq = max(member.last_seq, hello.last_seq)
-            self._send(member, self.welcome)
+            member.clock.receive(hello.clock)
+            self._welcome(member)
             self._on_joined(member.group, stream)
             return
         if member is not None:  # one socket changing identity: treat as leaving
@@ -288,18 +303,33 @@ class FrameBusServer:
             encoding = "raw"  # audio, or no shared memory here: raw works everywhere
         member = _Member(identity, hello.component, hello.group, hello.instance,
                          hello.incarnation, encoding, last_seq=hello.last_seq,
-                         last_seen=now, last_sent=now, last_credit=now)
+                         last_seen=now, last_sent=now, last_credit=now,
+                         address=self.inbox.peer_address)
+        member.clock.receive(hello.clock)
         group.members.append(member)
         self.members[identity] = member
-        self._send(member, self.welcome)
+        self._welcome(member)
         pinned = len(group.pinned.get(hello.instance, ()))
         self._trace("member", event="join", member=hello.component, group=hello.group,
                     policy=group.policy, fps=group.fps, stream=stream, pid=hello.pid,
                     instance=hello.instance, incarnation=hello.incarnation,
-                    last_seq=hello.last_seq, resumed_items=pinned)
+                    last_seq=hello.last_seq, resumed_items=pinned, host=member.address or None)
         if stream in self.eof and not group.waiting():
             self._send_eof(member, group)
         self._on_joined(hello.group, stream)
+
+    def _welcome(self, member: _Member) -> None:
+        self._send(member, replace(self.welcome, clock=member.clock.stamps()))
+
+    def _heartbeat(self, member: _Member) -> None:
+        self._send(member, Heartbeat(component="daemon", wall_ns=time.time_ns(),
+                                     clock=member.clock.stamps()))
+
+    def _clock_report(self, member: _Member) -> None:
+        est = member.clock.report_due()
+        if est is not None:
+            self._trace("member", event="clock", member=member.component, group=member.group,
+                        peer=member.component, host=member.address or None, **est.fields())
 
     def _refuse(self, hello: Hello, reason: str) -> None:
         self._refused += 1
@@ -358,7 +388,7 @@ class FrameBusServer:
             elif starved:  # alive but returns no credit while items wait for it
                 self._leave(member, "stalled")
             elif now - member.last_sent > HEARTBEAT_INTERVAL_S:
-                self._send(member, Heartbeat(component="daemon", wall_ns=time.time_ns()))
+                self._heartbeat(member)
 
     def _expire_pins(self) -> None:
         now = self._now()
@@ -640,6 +670,20 @@ def _encode_jpeg(img: NDArray[np.uint8], quality: int = 80) -> bytes:
     return bytes(buf.tobytes())
 
 
+def _refusal_text(address: str, reason: str, have_keys: bool) -> str:
+    if not have_keys:
+        return (f"the daemon at {address} requires CURVE ({reason}): give --keys DIR, a copy "
+                "of its key folder")
+    if reason == REFUSED_BY_SERVER:
+        return (f"the daemon at {address} refused our key: it does not admit this client "
+                "(copy its public key DIR/clients/NAME.key to the daemon's key folder)")
+    if reason == REFUSED_MECHANISM:
+        return (f"the daemon at {address} and this role disagree on CURVE: give both --keys "
+                "DIR (or both --insecure)")
+    return (f"the CURVE handshake with the daemon at {address} failed ({reason}): is --keys the "
+            "folder the daemon uses (the same `momentbus keys init`)?")
+
+
 class SupersededError(PeerTimeoutError):
     """A newer incarnation of this member joined the daemon: this process must stop."""
 
@@ -667,7 +711,14 @@ class FrameBusClient:
         self.credits = credits
         self.daemon_timeout_s = daemon_timeout_s
         self._now = now
-        self.sock = sockets.connect(zmq.DEALER, address, hwm=0)
+        self._monitor: zmq.Socket[Any] | None = None
+        self._handshake_failures: list[str] = []
+
+        def watch(sock: zmq.Socket[Any]) -> None:
+            if is_tcp(address):  # tell a refused handshake from a daemon not there yet
+                self._monitor = handshake_monitor(sock)
+
+        self.sock = sockets.connect(zmq.DEALER, address, hwm=0, before_connect=watch)
         self.inbox: sockets.Receiver[Message] = sockets.Receiver(
             self.sock, (Welcome, Frame, AudioChunk, Packet, StreamInfo, Eof, Heartbeat, Rejoin),
             where="the frame bus client")
@@ -679,6 +730,9 @@ class FrameBusClient:
         self._last_heard = now()
         self._last_sent = now()
         self._last_hello = now()
+        self._last_beat = now()
+        #: the daemon's wall clock against ours (stamps on Hello/Welcome/heartbeats)
+        self.clock = LinkClock()
 
     def join(self, timeout_s: float = 30.0,
              should_stop: Callable[[], bool] = lambda: False) -> Welcome:
@@ -690,30 +744,62 @@ class FrameBusClient:
         self._say_hello()
         deadline = self._now() + timeout_s
         while self.welcome is None:
+            self._check_handshake()
             remaining = deadline - self._now()
             if remaining <= 0 or should_stop():
                 raise PeerTimeoutError(f"no answer from the daemon at {self.address} "
                                        f"within {timeout_s:.0f} s")
             msg = self.inbox.recv(int(min(remaining, 0.1) * 1000))
             if isinstance(msg, Welcome):
+                self.clock.receive(msg.clock)
                 self._welcomed(msg)
             elif self._now() - self._last_hello > 1.0:
                 self._say_hello()  # the daemon may not have been listening yet
         return self.welcome
 
     def _say_hello(self) -> None:
-        self._send(replace(self.hello, last_seq=self.last_seq))
+        self._send(replace(self.hello, last_seq=self.last_seq, clock=self.clock.stamps()))
         self._hello_pending = True
         self._last_hello = self._now()
 
+    def _check_handshake(self) -> None:
+        """Raise when the daemon keeps refusing our CURVE handshake (reasons: ipc/curve.py)."""
+        if self._monitor is None:
+            return
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshake_failures.clear()
+                continue
+            reason = handshake_failure_reason(event["event"], event["value"])
+            if reason is not None:
+                self._handshake_failures.append(reason)
+        failures = self._handshake_failures
+        # a refusal by ZAP or a mechanism mismatch is final (libzmq does not retry); a closed
+        # handshake is what a wrong server key looks like, and it retries: three in a row
+        if failures and (failures[-1] != HANDSHAKE_FAILED or len(failures) >= 3):
+            raise PeerRefusedError(_refusal_text(self.address, failures[-1],
+                                                 sockets.security().curve))
+
+    def _close_monitor(self) -> None:
+        if self._monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.sock.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
+
     def _welcomed(self, welcome: Welcome) -> None:
+        self._close_monitor()
         self.welcome = welcome
         self._hello_pending = False
         self._last_heard = self._now()
         self._send(Credit(n=self.credits))
 
     def _send(self, msg: Message) -> None:
-        sockets.send(self.sock, msg)
+        try:  # never block: with no connection (refused, or the daemon gone) nothing is queued
+            sockets.send(self.sock, msg, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return
         self._last_sent = self._now()
 
     @property
@@ -746,6 +832,7 @@ class FrameBusClient:
                     self._say_hello()
                 continue
             if isinstance(msg, Welcome):
+                self.clock.receive(msg.clock)
                 if self._hello_pending:
                     self._welcomed(msg)
                 continue
@@ -759,7 +846,8 @@ class FrameBusClient:
                 return msg
             if isinstance(msg, Eof):
                 return msg
-            # Heartbeat: liveness only
+            if isinstance(msg, Heartbeat):  # liveness, and a clock sample
+                self.clock.receive(msg.clock)
 
     def _check_silence(self) -> None:
         silent = self._now() - self._last_heard
@@ -778,8 +866,12 @@ class FrameBusClient:
         self._send(Credit(n=n))
 
     def heartbeat(self) -> None:
-        if self._now() - self._last_sent >= HEARTBEAT_INTERVAL_S:
-            self._send(Heartbeat(component=self.hello.component, wall_ns=time.time_ns()))
+        """Every :data:`HEARTBEAT_INTERVAL_S`, whatever else flows: liveness, and clock stamps
+        the daemon answers at once (so both ends keep sampling the offset)."""
+        if self._now() - self._last_beat >= HEARTBEAT_INTERVAL_S:
+            self._last_beat = self._now()
+            self._send(Heartbeat(component=self.hello.component, wall_ns=time.time_ns(),
+                                 clock=self.clock.stamps()))
 
     def leave(self) -> None:
         """Tell the server this member leaves on purpose (its in-flight items are not drops)."""
@@ -796,5 +888,6 @@ class FrameBusClient:
         self.close()
 
     def close(self) -> None:
+        self._close_monitor()
         self.sock.close(0)
 

@@ -193,6 +193,8 @@ class Delivery(Generic[M]):
     sender: str | None = None
     incarnation: int = 0
     rseq: int = 0
+    #: the IP address it came from (TCP; "" for ipc)
+    peer_address: str = ""
 
 
 @dataclass
@@ -288,8 +290,8 @@ class ReliableReceiver(Generic[M]):
                 self._skip_bad(env, identity)
             return None
         if env is None:
-            return Delivery(msg, identity)
-        return self._order(env, identity, msg)
+            return Delivery(msg, identity, peer_address=sockets.peer_address(frames[0]))
+        return self._order(env, identity, msg, sockets.peer_address(frames[0]))
 
     def _peer_for(self, env: Envelope, identity: bytes) -> _Peer | None:
         peer = self.peers.get(env.sender)
@@ -307,7 +309,8 @@ class ReliableReceiver(Generic[M]):
         peer.identity = identity
         return peer
 
-    def _order(self, env: Envelope, identity: bytes, msg: M) -> Delivery[M] | None:
+    def _order(self, env: Envelope, identity: bytes, msg: M,
+               address: str = "") -> Delivery[M] | None:
         peer = self._peer_for(env, identity)
         if peer is None:
             self.duplicates += 1
@@ -320,7 +323,7 @@ class ReliableReceiver(Generic[M]):
             self.out_of_order += 1  # a gap: wait for the resend from it
             return None
         peer.handled = env.rseq
-        return Delivery(msg, identity, env.sender, env.incarnation, env.rseq)
+        return Delivery(msg, identity, env.sender, env.incarnation, env.rseq, address)
 
     def _skip_bad(self, env: Envelope, identity: bytes) -> None:
         """A reliable message that can never be handled is acknowledged as handled (it was

@@ -68,6 +68,17 @@ class Message(Struct, frozen=True, kw_only=True, tag_field="v", tag=SCHEMA_VERSI
 # ---------------------------------------------------------------------------- frame bus
 
 
+class ClockStamps(Struct, array_like=True, frozen=True, gc=False):
+    """NTP symmetric-mode stamps carried on Hello, Welcome and Heartbeat, so each end of a link
+    estimates the other's wall-clock offset (:mod:`momentbus.ipc.clock`; RFC 5905 section 8):
+    ``org`` the peer's last ``xmt`` we received, ``rec`` when it arrived, ``xmt`` when this
+    message left (the sender's CLOCK_REALTIME, ns; 0 = none). On the wire ``[org, rec, xmt]``."""
+
+    org: WallNs
+    rec: WallNs
+    xmt: WallNs
+
+
 class Hello(Message, frozen=True, kw_only=True):
     """A frame-bus client announces itself (DEALER -> ROUTER), or a member joins fusion.
 
@@ -94,6 +105,7 @@ class Hello(Message, frozen=True, kw_only=True):
     encoding: Encoding = "raw"
     streams: Annotated[list[Stream], Meta(min_length=1, max_length=2)] = msgspec.field(
         default_factory=lambda: ["video"])
+    clock: ClockStamps | None = None
 
 
 class Welcome(Message, frozen=True, kw_only=True):
@@ -107,6 +119,7 @@ class Welcome(Message, frozen=True, kw_only=True):
     time_base: Fraction
     duration_ns: NonNegInt | None
     live: bool
+    clock: ClockStamps | None = None
 
 
 class Rejoin(Message, frozen=True, kw_only=True):
@@ -140,6 +153,7 @@ class Heartbeat(Message, frozen=True, kw_only=True):
     KIND: ClassVar[bytes] = b"hb"
     component: Component
     wall_ns: WallNs
+    clock: ClockStamps | None = None
 
 
 class Gap(Struct, array_like=True, frozen=True, gc=False):
@@ -369,7 +383,8 @@ class Obs(Message, frozen=True, kw_only=True):
     empty payload list means *looked, found nothing*.
 
     ``watermark_ns`` is the sender's watermark after this observation: the observation and the
-    watermark travel as one message. ``latency_ns``: capture (wall clock) to sending.
+    watermark travel as one message. ``latency_ns``: capture to sending, on the sender's wall
+    clock with the capture stamp (the daemon's) moved to it by the measured clock offset.
     """
 
     KIND: ClassVar[bytes] = b"obs"
@@ -381,6 +396,9 @@ class Obs(Message, frozen=True, kw_only=True):
     watermark_ns: TimeNs
     payload: AnyPayload
     latency_ns: Annotated[int, Meta(ge=-(1 << 62), le=1 << 62)] = 0
+    #: the sender's CLOCK_REALTIME when it sent this (ns; 0: not given): with the link's clock
+    #: offset, the receiver tells how long it travelled
+    sent_wall_ns: WallNs = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.payload, SpeechSegment) and self.payload.t_end_ns < self.t_ns:

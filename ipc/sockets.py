@@ -21,6 +21,7 @@ import zmq
 
 from .errors import DecodeError
 from .schema import Message, decode, encode
+from .security import RoleSecurity
 
 M = TypeVar("M", bound=Message)
 
@@ -53,24 +54,58 @@ def open_sockets() -> list[zmq.Socket[Any]]:
     return [s for s in list(_made) if not s.closed]
 
 
+_security: RoleSecurity = RoleSecurity()
+
+
+def use_security(security: RoleSecurity) -> RoleSecurity:
+    """Install this process's :class:`~momentbus.ipc.security.RoleSecurity` (CURVE keys or the
+    bind policy) for every later :func:`bind` and :func:`connect`; returns the previous one."""
+    global _security
+    previous, _security = _security, security
+    return previous
+
+
+def security() -> RoleSecurity:
+    """This process's :class:`~momentbus.ipc.security.RoleSecurity`."""
+    return _security
+
+
 def bind(kind: int, address: str, **kw: Any) -> zmq.Socket[Any]:
-    """A socket of ``kind`` bound to ``address`` (``ipc://PATH`` or ``tcp://HOST:PORT``).
+    """A socket of ``kind`` bound to ``address`` (``ipc://PATH`` or ``tcp://HOST:PORT``), a
+    CURVE server when the process holds keys (:func:`use_security`).
 
     Raises:
         zmq.ZMQError: the address is in use or malformed (callers turn it into a user error).
+        SecurityError: a non-loopback bind without keys or ``--insecure``, or unusable keys.
     """
     sock = make_socket(kind, **kw)
     try:
+        _security.before_bind(sock, address)
         sock.bind(address)
-    except zmq.ZMQError:
+    except BaseException:
         sock.close(0)
         raise
     return sock
 
 
-def connect(kind: int, address: str, **kw: Any) -> zmq.Socket[Any]:
+def connect(kind: int, address: str, *,
+            before_connect: Callable[[zmq.Socket[Any]], None] | None = None,
+            **kw: Any) -> zmq.Socket[Any]:
+    """A socket of ``kind`` connected to ``address``, a CURVE client when the process holds
+    keys (:func:`use_security`); ``before_connect(sock)`` runs just before (a monitor).
+
+    Raises:
+        SecurityError: unusable keys.
+    """
     sock = make_socket(kind, **kw)
-    sock.connect(address)
+    try:
+        _security.before_connect(sock, address)
+        if before_connect is not None:
+            before_connect(sock)
+        sock.connect(address)
+    except BaseException:
+        sock.close(0)
+        raise
     return sock
 
 
@@ -91,6 +126,18 @@ def try_send(sock: zmq.Socket[Any], msg: Message) -> bool:
     return True
 
 
+def peer_address(frame: Any) -> str:
+    """The IP address a received TCP frame came from, ``"local"`` over ``ipc://`` (libzmq
+    gives ``localhost:UID:GID:PID`` there), ``""`` when unknown."""
+    try:
+        value = frame.get("Peer-Address")
+    except (zmq.ZMQError, AttributeError, TypeError):
+        return ""
+    if not isinstance(value, str):
+        return ""
+    return "local" if value.startswith("localhost:") else value
+
+
 def recv(sock: zmq.Socket[Any], *, router: bool = False, flags: int = 0) -> tuple[bytes | None, Message]:
     """Receive and decode one message; ``(identity, msg)`` (``identity`` only for ROUTER).
 
@@ -98,14 +145,21 @@ def recv(sock: zmq.Socket[Any], *, router: bool = False, flags: int = 0) -> tupl
         DecodeError: the message is malformed (the caller counts and traces it, and goes on).
         zmq.Again: with ``flags=zmq.NOBLOCK`` and nothing queued.
     """
+    identity, _, msg = _recv(sock, router, flags)
+    return identity, msg
+
+
+def _recv(sock: zmq.Socket[Any], router: bool, flags: int) -> tuple[bytes | None, str, Message]:
     parts = sock.recv_multipart(flags=flags, copy=False)
     identity = None
+    address = ""
     if router:
         if len(parts) < 2:
             raise DecodeError("router message without identity")
         identity = parts[0].bytes
+        address = peer_address(parts[0])
         parts = parts[1:]
-    return identity, decode(parts)
+    return identity, address, decode(parts)
 
 
 class Receiver(Generic[M]):
@@ -132,6 +186,7 @@ class Receiver(Generic[M]):
         self.router = router
         self.bad: dict[str, int] = {}
         self.identity: bytes | None = None  # the sender of the last message (ROUTER only)
+        self.peer_address = ""  # its IP address (TCP, ROUTER only; "" otherwise)
         self._on_bad = on_bad or (lambda e: None)
 
     def _count(self, err: DecodeError) -> None:
@@ -149,7 +204,7 @@ class Receiver(Generic[M]):
         wait = timeout_ms
         while self.sock.poll(wait):
             try:
-                identity, msg = recv(self.sock, router=self.router, flags=zmq.NOBLOCK)
+                identity, address, msg = _recv(self.sock, self.router, zmq.NOBLOCK)
             except zmq.Again:  # pragma: no cover - poll said readable
                 return None
             except DecodeError as e:
@@ -157,6 +212,7 @@ class Receiver(Generic[M]):
             else:
                 if isinstance(msg, self.accept):
                     self.identity = identity
+                    self.peer_address = address
                     return msg
                 self._count(DecodeError(f"unexpected {type(msg).__name__} at {self.where}"))
             wait = max(0, int((deadline - time.monotonic()) * 1000))

@@ -71,7 +71,8 @@ class JsonLines:
             try:
                 item = self._q.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
-                raise AssertionError(f"{self.name}: output did not end within {timeout_s} s")
+                raise AssertionError(
+                    f"{self.name}: output did not end within {timeout_s} s") from None
             if item is None:
                 self._q.put(None)
                 return items

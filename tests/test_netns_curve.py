@@ -92,7 +92,8 @@ def test_refused_peers_get_nothing_are_reported_and_do_not_disturb_the_run(net, 
         assert peer.expect("handshake")["result"] in client_sees, name
         peer.expect("no_reply")
         assert peer.wait() == 0, peer.stderr()
-        refused = server.expect("refused", where=lambda e: e["reason"] in server_reasons)
+        refused = server.expect("refused",
+                                where=lambda e, reasons=server_reasons: e["reason"] in reasons)
         assert (refused["fingerprint"], refused["address"]) == (fingerprint, address), name
         assert "request" not in [e["event"] for e in server.seen[before:]], name
 

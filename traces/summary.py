@@ -59,6 +59,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     late: Counter[str] = Counter()
     triggers, clips, errors, members, future = [], [], [], [], 0
     source_events: list[dict[str, Any]] = []
+    clocks: dict[tuple[str, str], dict[str, Any]] = {}
     capture_to_fusion: dict[str, list[float]] = defaultdict(list)
     damage: Damage | None = None
     for r in records:
@@ -83,15 +84,18 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             clips.append(r)
         elif kind == "error":
             errors.append(r)
+        elif kind == "member" and r.get("event") == "clock":
+            clocks[(comp, str(r.get("peer", r.get("member", "?"))))] = r  # the latest wins
         elif kind == "member":
             members.append(r)
         elif kind == "summary" and r.get("role") == "daemon" and "damage" in r:
             damage = Damage.from_trace(r["damage"]) or damage
         elif kind == "source" and r.get("event") in _LIVE_EVENTS:
             source_events.append(r)
-        elif kind == "timing" and r.get("stage") == "fusion_in":
+        elif kind == "timing" and r.get("stage") == "fusion_in" \
+                and r.get("capture_to_fusion_ms") is not None:
             capture_to_fusion[str(r.get("member", "?"))].append(
-                float(r.get("capture_to_fusion_ms", 0)))
+                float(r["capture_to_fusion_ms"]))
     components = {}
     for comp, recs in sorted(timing.items()):
         ms = [float(x["process_ms"]) for x in recs]
@@ -105,7 +109,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             "latency_p50_ms": percentile(lat, 50), "latency_p99_ms": percentile(lat, 99)}
     reads = [r for r in records if r.get("record") == "timing" and r.get("stage") == "read"]
     live = None
-    if source_events or capture_to_fusion:
+    if source_events:
         by_event: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in source_events:
             by_event[str(r["event"])].append(r)
@@ -118,9 +122,6 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             "reconnect_ms": {"count": len(after), "p50": percentile(after, 50),
                              "max": max(after)} if after else None,
             "reanchors": len(by_event["reanchor"]),
-            "capture_to_fusion_ms": {m: {"count": len(v), "p50": percentile(v, 50),
-                                         "p99": percentile(v, 99)}
-                                     for m, v in sorted(capture_to_fusion.items())},
         }
     return {
         "records": len(records),
@@ -146,6 +147,17 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": [{"component": e.get("component"), "error": e.get("error")} for e in errors],
         "damage": None if damage is None else {**damage.to_trace(), "text": damage.describe()},
         "live": live,
+        # capture (the daemon's clock) -> observation at fusion, per extractor, corrected for
+        # the hosts' clock offsets
+        "capture_to_fusion_ms": {m: {"count": len(v), "p50": percentile(v, 50),
+                                     "p99": percentile(v, 99)}
+                                 for m, v in sorted(capture_to_fusion.items())},
+        # the latest clock estimate of each link, from each end
+        "clocks": [{"by": by, "peer": peer, "host": r.get("host"),
+                    "offset_ms": round(r.get("clock_offset_ns", 0) / 1e6, 3),
+                    "rtt_ms": round(r.get("rtt_ns", 0) / 1e6, 3),
+                    "error_ms": round(r.get("clock_error_ns", 0) / 1e6, 3)}
+                   for (by, peer), r in sorted(clocks.items())],
     }
 
 
@@ -177,10 +189,18 @@ def render(summary: dict[str, Any], bad_lines: int = 0) -> None:
                   + (f", reconnected in {reconnect['p50']} ms (p50), {reconnect['max']} ms "
                      f"(max)" if reconnect else "")
                   + f", {live['reanchors']} re-anchoring(s)", highlight=False)
-        for member, c in live["capture_to_fusion_ms"].items():
-            out.print(f"capture -> fusion {member.replace('extractor:', '')}: "
-                      f"p50 {c['p50']} ms, p99 {c['p99']} ms ({c['count']} observations)",
-                      highlight=False)
+    if summary.get("clocks"):
+        t = Table(title="clocks: each link's peer wall clock minus ours", title_justify="left")
+        for col in ("seen by", "peer", "host", "offset ms", "rtt ms", "+- ms"):
+            t.add_column(col, justify="right" if col.endswith("ms") else "left")
+        for c in summary["clocks"]:
+            t.add_row(c["by"].replace("extractor:", ""), c["peer"].replace("extractor:", ""),
+                      c["host"] or "-", str(c["offset_ms"]), str(c["rtt_ms"]),
+                      str(c["error_ms"]))
+        out.print(t)
+    for member, c in (summary.get("capture_to_fusion_ms") or {}).items():
+        out.print(f"capture -> fusion {member.replace('extractor:', '')}: p50 {c['p50']} ms, "
+                  f"p99 {c['p99']} ms ({c['count']} observations)", highlight=False)
     t = Table(title="components (process time)", title_justify="left")
     t.add_column("component", no_wrap=True)
     for col in ("frames", "fps", "p50 ms", "p95 ms", "p99 ms", "max ms", "e2e p50 ms"):

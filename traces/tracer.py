@@ -54,6 +54,8 @@ class Tracer:
         self.source_id = source_id
         self.level = level
         self.lost = 0
+        # emit may be called from a library's thread too (refused peers from the ZAP handler)
+        self._lock = threading.Lock()
         self._bad_kinds: dict[str, int] = {}
         self._sock: zmq.Socket | None = None
         self._file: IO[str] | None = None
@@ -77,6 +79,10 @@ class Tracer:
         body: dict[str, Any] = {"record": record, "wall_ns": wall_ns(),
                                 "component": self.component, "source_id": self.source_id}
         body.update(fields)
+        with self._lock:
+            self._write(record, body)
+
+    def _write(self, record: str, body: dict[str, Any]) -> None:
         if self._file is not None:
             try:
                 self._file.write(_json_line(body) + "\n")
@@ -120,13 +126,14 @@ class Tracer:
         :data:`TRACE_LINGER_MS` to deliver the last records) and the file."""
         if self._bad_kinds:
             self.emit("bad_message", counts=self.bad_message_counts)
-        if self._sock is not None:
-            self._sock.close(TRACE_LINGER_MS)
-            self._sock = None
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close(TRACE_LINGER_MS)
+                self._sock = None
+            if self._file is not None:
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                self._file = None
 
 
 class TraceCollector:
