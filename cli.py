@@ -44,6 +44,18 @@ def _fps(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, not {text!r}")
+    return int(text)
+
+
+def _workers(text: str) -> str:
+    if text != "auto":
+        _positive_int(text)
+    return text
+
+
 def _clip_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-format", choices=["auto", "mp4", "mkv"], default="auto",
                    help="clip container: auto (mp4 when it holds the source's codecs, else "
@@ -132,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "face,quality)")
     p.add_argument("--fps", type=_fps, default=10.0,
                    help="analysis frames per second per extractor (default: 10)")
+    p.add_argument("--workers", type=_workers, default="auto", metavar="auto|N",
+                   help="processes for each kind given no count: auto splits the slowest "
+                        "kinds over the cores from their measured cost per frame, and sets each "
+                        "process's model threads so the run does not oversubscribe the cores; "
+                        "N starts N of each per-frame kind (default: auto; README Performance)")
     p.add_argument("--restart-budget", type=int, default=3,
                    help="restarts allowed per crashed extractor (default: 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -183,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "host, every byte: 2.76 MB a 720p frame), jpeg (q80, ~45x smaller at "
                         "720p; lossy); auto: shm when the daemon's address is ipc:// or "
                         "loopback, jpeg otherwise (default: auto; bench/hosts.py)")
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="model threads in this process, for backends that take a number "
+                        "(insightface, opencv, faster-whisper, whispercpp; default: the "
+                        "backend's)")
     _security_arguments(p)
     _common(p)
 
@@ -368,8 +389,10 @@ def cmd_extractor(args: argparse.Namespace) -> int:
                        args.instance, args.fps, args.policy,
                        _encoding_for(args.encoding, args.daemon),
                        daemon_timeout_s=args.daemon_timeout)
+    options = {"threads": args.threads} if args.threads else {}
     with _tracer(args, cfg.component) as tracer, _secured(args, tracer):
-        extractor = build(args.kind, args.backend)  # load the model before joining: ready = loaded
+        # load the model before joining: ready = loaded
+        extractor = build(args.kind, args.backend, **options)
         return run(cfg, tracer, stop, extractor)
 
 
@@ -412,7 +435,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         extractors=_groups(args.extractors), fps=args.fps, restart_budget=args.restart_budget,
         quiet=args.quiet, trace_level=args.trace_level, save_obs=args.save_obs,
         clip_format=args.clip_format, clip_mode=args.clip_mode, live=_live_options(args),
-        duration_s=args.duration),
+        duration_s=args.duration, workers=args.workers),
         StopFlag().install()).exit_code
 
 

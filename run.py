@@ -36,7 +36,9 @@ from .ipc.schema import Trig
 from .ipc.shm import remove_leftovers
 from .lifecycle import ExitCode, StopFlag
 from .media import probe
+from .forkserver import ForkServer
 from .supervisor import Child, Supervisor
+from .workers import plan_workers, usable_cores
 from .traces.summary import percentile
 
 # honest endings: the output folder's check, the socket folder's lock, the run's last lines
@@ -66,6 +68,10 @@ class RunOptions:
     live: LiveOptions = field(default_factory=LiveOptions)
     #: a live source: stop after this many seconds (``None``: until Ctrl-C / ``stop``)
     duration_s: float | None = None
+    #: processes per extractor kind not given a count: ``auto`` (workers.py) or a number
+    workers: str = "auto"
+    #: fork the roles from a zygote that imported their libraries once (forkserver.py)
+    fork_server: bool = True
 
 
 #: The clip role's ring keeps this much more than the longest pre-roll + post-roll of the rules:
@@ -172,7 +178,9 @@ def run_file(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
     """
     opts = RunOptions(source=str(source), out_dir=str(out_dir), rules=rules,
                       extractors=tuple(extractors), fps=fps, restart_budget=restart_budget,
-                      quiet=True, trace_level=trace_level, save_obs=save_obs, summary=False)
+                      quiet=True, trace_level=trace_level, save_obs=save_obs, summary=False,
+                      # a library call leaves its host process as it was: no child subreaper
+                      fork_server=False)
     return run_pipeline(opts, stop or StopFlag())
 
 
@@ -180,15 +188,16 @@ def run_file(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
 MAX_INSTANCES = 16
 
 
-def plan_extractors(specs: Sequence[str]) -> dict[str, int]:
-    """``kind -> number of processes`` from ``face,quality``, ``face,face`` or ``face:2``.
+def plan_extractors(specs: Sequence[str]) -> dict[str, int | None]:
+    """``kind -> processes asked for`` from ``face,quality``, ``face,face`` or ``face:2``:
+    ``None`` for a kind named once without a count (``--workers`` plans it, workers.py).
 
     Raises:
         UnknownExtractorError: an unknown kind, a bad count, or nothing at all.
     """
     from .extractors.base import UnknownExtractorError, kinds
 
-    plan: dict[str, int] = {}
+    counts: dict[str, list[int | None]] = {}
     for spec in specs:
         kind, _, count = spec.strip().partition(":")
         if kind not in kinds():
@@ -197,10 +206,11 @@ def plan_extractors(specs: Sequence[str]) -> dict[str, int]:
         if count and not (count.isdigit() and 1 <= int(count) <= MAX_INSTANCES):
             raise UnknownExtractorError(f"{spec}: the number of {kind} processes must be 1 to "
                                         f"{MAX_INSTANCES}")
-        plan[kind] = plan.get(kind, 0) + (int(count) if count else 1)
-    if not plan:
+        counts.setdefault(kind, []).append(int(count) if count else None)
+    if not counts:
         raise UnknownExtractorError(f"no extractor kind given (known: {', '.join(kinds())})")
-    return plan
+    return {kind: None if asked == [None] else sum(n or 1 for n in asked)
+            for kind, asked in counts.items()}
 
 
 def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
@@ -211,10 +221,31 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
         RulesError: the rules file is invalid.
         OutputDirError: ``opts.out_dir`` cannot hold the outputs (before anything starts).
     """
-    check_out_dir(opts.out_dir)  # a file, read-only or full: one line, exit 2 (outputs.py)
-    from .extractors.base import stream_of
+    fork_server = None
+    if opts.fork_server:
+        from .extractors.base import backend_module, kinds
 
-    plan = plan_extractors(opts.extractors)
+        known = set(kinds())
+        preload = sorted({backend_module(spec.partition(":")[0]) for spec in opts.extractors
+                          if spec.partition(":")[0] in known})
+        fork_server = ForkServer(preload).start()
+    try:
+        return _run_pipeline(opts, stop, fork_server)
+    finally:
+        if fork_server is not None:
+            fork_server.close()
+
+
+def _run_pipeline(opts: RunOptions, stop: StopFlag, fork_server: ForkServer | None,
+                  ) -> RunResult:
+    check_out_dir(opts.out_dir)  # a file, read-only or full: one line, exit 2 (outputs.py)
+    from .extractors.base import ExtractorError, stream_of, takes_option
+
+    try:
+        workers = plan_workers(plan_extractors(opts.extractors), opts.workers)
+    except ValueError as e:
+        raise ExtractorError(str(e)) from None
+    plan = workers.processes
     needs_video = any(stream_of(k) == "video" for k in plan)
     # bad input fails here, in one line, before any process starts
     kind = classify_source(opts.source)
@@ -227,6 +258,9 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
     specs = load_rules(opts.rules)
     ring_s = max((r.pre_roll_ns + r.post_roll_ns for r in specs), default=0) / 1e9 + RING_SLACK_S
     console = Console(stderr=True)
+    if not opts.quiet:
+        console.print(f"extractors: {workers.describe()} on {usable_cores()} core(s)",
+                      highlight=False)
     out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
@@ -254,7 +288,8 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
             if child.name == "daemon":  # a daemon killed hard cannot unlink its shared memory
                 remove_leftovers(info_["pid"])
 
-    sup = Supervisor(opts.restart_budget, log_dir=str(logs), on_event=on_event)
+    sup = Supervisor(opts.restart_budget, log_dir=str(logs), on_event=on_event,
+                     fork_server=fork_server)
     py = [sys.executable, "-m", "momentbus"]
     common = ["--trace-collector", addr["trace"], "--trace-level", opts.trace_level]
     groups = ",".join(plan)
@@ -281,6 +316,8 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
             # same host: pixels travel through shared memory behind the credit protocol
             fps = (["--fps", str(opts.fps), "--encoding", "shm"]
                    if stream_of(kind) == "video" else [])
+            if takes_option(kind, None, "threads"):
+                fps += ["--threads", str(workers.threads[kind])]
             for instance in range(1, count + 1):
                 name = f"extractor-{kind}" + (f"-{instance}" if instance > 1 else "")
                 sup.start(Child(name, py + [

@@ -12,8 +12,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .lifecycle import PARENT_PID_ENV
+
+if TYPE_CHECKING:
+    from .forkserver import ForkedProcess, ForkServer
 
 #: Children get this long after SIGTERM before SIGKILL.
 TERMINATE_GRACE_S = 5.0
@@ -28,7 +32,7 @@ class Child:
     restartable: bool = False
     #: argv for a restart (e.g. fusion's ``--resume``); ``None``: the same as the first start
     restart_argv: list[str] | None = None
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | ForkedProcess | None = None
     restarts: int = 0
     exit_code: int | None = None
     stderr_path: str | None = None
@@ -47,10 +51,15 @@ class Supervisor:
     Args:
         restart_budget: restarts allowed per restartable child over the whole run.
         on_event: ``on_event(kind, child, **info)`` for ``start``/``exit``/``restart``.
+        fork_server: fork ``python -m momentbus ...`` children from this warm zygote
+            (forkserver.py) while it is available; others, and every child once it is not,
+            start as plain processes.
     """
 
     def __init__(self, restart_budget: int = 3, log_dir: str | None = None,
-                 on_event: Callable[..., None] | None = None) -> None:
+                 on_event: Callable[..., None] | None = None,
+                 fork_server: ForkServer | None = None) -> None:
+        self.fork_server = fork_server
         self.children: list[Child] = []
         self.restart_budget = restart_budget
         self.log_dir = log_dir
@@ -58,16 +67,20 @@ class Supervisor:
 
     def start(self, child: Child) -> Child:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_PID_ENV: str(os.getpid())})
-        stderr = None
         if self.log_dir:
             child.stderr_path = os.path.join(self.log_dir, f"{child.name}.log")
-            stderr = open(child.stderr_path, "ab")
         argv = child.restart_argv if child.restarts and child.restart_argv else child.argv
-        child.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                      stdout=stderr or subprocess.DEVNULL, stderr=stderr,
-                                      start_new_session=True)
-        if stderr is not None:
-            stderr.close()
+        forked = (self.fork_server.spawn(argv, env, child.stderr_path)
+                  if self.fork_server is not None else None)
+        if forked is not None:
+            child.proc = forked
+        else:
+            stderr = open(child.stderr_path, "ab") if child.stderr_path else None
+            child.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                          stdout=stderr or subprocess.DEVNULL, stderr=stderr,
+                                          start_new_session=True)
+            if stderr is not None:
+                stderr.close()
         if child not in self.children:
             self.children.append(child)
         self._on_event("start", child, pid=child.proc.pid)

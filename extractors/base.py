@@ -148,6 +148,36 @@ def check_kind(kind: str) -> None:
                                     f"(known: {', '.join(kinds())})")
 
 
+def _backend_class(kind: str, backend: str | None) -> Any:
+    module_name = backend_module(kind, backend)
+    class_name = _REGISTRY[kind][backend or DEFAULT_BACKENDS[kind]][1]
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def backend_module(kind: str, backend: str | None = None) -> str:
+    """The module of ``kind``'s ``backend`` (default per kind); importing it loads no model.
+
+    Raises:
+        UnknownExtractorError: unknown kind or backend.
+    """
+    check_kind(kind)
+    backend = backend or DEFAULT_BACKENDS[kind]
+    if backend not in _REGISTRY[kind]:
+        raise UnknownExtractorError(f"unknown {kind} backend {backend!r} "
+                                    f"(known: {', '.join(sorted(_REGISTRY[kind]))})")
+    return _REGISTRY[kind][backend][0]
+
+
+def takes_option(kind: str, backend: str | None, name: str) -> bool:
+    """Whether ``kind``'s ``backend`` (default per kind) takes the option ``name`` (imports the
+    backend's module, not its model).
+
+    Raises:
+        UnknownExtractorError: unknown kind or backend.
+    """
+    return name in inspect.signature(_backend_class(kind, backend)).parameters
+
+
 def build(kind: str, backend: str | None = None, **options: Any) -> Extractor:
     """Build the extractor ``kind`` with ``backend`` (default per kind).
 
@@ -156,13 +186,8 @@ def build(kind: str, backend: str | None = None, **options: Any) -> Extractor:
         ExtractorError: an option the backend does not take.
         ModelLoadError: the backend's model cannot be loaded.
     """
-    check_kind(kind)
+    cls = _backend_class(kind, backend)
     backend = backend or DEFAULT_BACKENDS[kind]
-    if backend not in _REGISTRY[kind]:
-        raise UnknownExtractorError(f"unknown {kind} backend {backend!r} "
-                                    f"(known: {', '.join(sorted(_REGISTRY[kind]))})")
-    module_name, class_name = _REGISTRY[kind][backend]
-    cls = getattr(importlib.import_module(module_name), class_name)
     accepted = inspect.signature(cls).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
         unknown = sorted(set(options) - set(accepted))

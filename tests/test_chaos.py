@@ -54,8 +54,11 @@ def video(sample):
 
 @pytest.fixture(scope="module")
 def clean(video, tmp_path_factory) -> list[tuple[str, int]]:
+    """The reference: one process a kind (``--workers 1``). The faulty runs plan their workers
+    (two face processes on two cores), so each also checks that ``face:2`` loses nothing."""
     out = tmp_path_factory.mktemp("clean") / "out"
-    proc = subprocess.run(momentbus_cmd("run", str(video), "--out", str(out), "--quiet"),
+    proc = subprocess.run(momentbus_cmd("run", str(video), "--out", str(out), "--quiet",
+                                        "--workers", "1"),
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert triggers(out), "the clean run fires"
@@ -70,9 +73,11 @@ def start_run(video: Path, out: Path, tmp: Path) -> subprocess.Popen[str]:
 
 def role_pid(run: subprocess.Popen[str], role: str) -> int:
     """The pid of a role process of ``run`` (``fusion``, ``clip``, ``daemon``,
-    ``extractor face``)."""
-    found = [c.pid for c in psutil.Process(run.pid).children(recursive=True)
-             if f"momentbus {role}" in " ".join(c.cmdline())]
+    ``extractor face``: its first instance)."""
+    argvs = {c.pid: " ".join(c.cmdline())
+             for c in psutil.Process(run.pid).children(recursive=True)}
+    found = [pid for pid, argv in argvs.items() if f"momentbus {role}" in argv
+             and (not role.startswith("extractor") or "--instance 1 " in argv)]
     assert len(found) == 1, f"{role}: {found}"
     return found[0]
 
@@ -246,7 +251,8 @@ def test_a_flood_of_malformed_messages_at_every_end_loses_nothing(video, clean, 
 
 def test_two_processes_of_one_kind_are_two_members_of_one_group(video, clean, tmp_path):
     """`--extractors face,face` used to make both `extractor:face#1` and lose every trigger:
-    they are instances 1 and 2 of group face, sharing its frames."""
+    they are instances 1 and 2 of group face, sharing its frames (`every`), and fire exactly
+    the triggers of one face process (the clean run)."""
     out = tmp_path / "out"
     proc = subprocess.run(momentbus_cmd("run", str(video), "--out", str(out), "--quiet",
                                         "--extractors", "face,face,quality"),
