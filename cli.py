@@ -142,6 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="summary: print JSON instead of tables")
     p.add_argument("-o", "--output", default="timeline.png", help="plot: PNG path")
 
+    p = sub.add_parser("review", help="a web page over a run's OUT folder: triggers, clips, "
+                                      "processing time and sync delays",
+                       description="Serve a page over OUT (a finished run, or a live one: the "
+                                   "page updates as triggers, clips and trace records arrive): "
+                                   "the source's timeline with every trigger (rule, onset, clip "
+                                   "window, score, missing modalities); click one to play its "
+                                   "clip and list its evidence; per-component lanes of "
+                                   "processing time and sync delay, drops and late "
+                                   "observations from trace.jsonl. Works offline (no CDN). "
+                                   "Prints the page's URL on stderr once it listens.")
+    p.add_argument("out", metavar="OUT", help="the run's output folder (momentbus run --out)")
+    p.add_argument("--bind", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="where to serve (default: 127.0.0.1:8080; port 0 picks a free port)")
+    p.add_argument("--token", help="require this token on every request (?token=T, or the "
+                                   "header Authorization: Bearer T); the printed URL has it")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --bind without --token (anyone who can reach "
+                        "the port sees the clips)")
+
     p = sub.add_parser("rules", help="rules tools")
     p.add_argument("action", choices=["check"])
     p.add_argument("file")
@@ -309,6 +328,16 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from .traces.review import USER_ERRORS, serve
+
+    try:
+        serve(args.out, args.bind, token=args.token, insecure=args.insecure)
+    except USER_ERRORS as e:
+        raise UserError(f"review: {e}") from None
+    return 0
+
+
 def cmd_rules(args: argparse.Namespace) -> int:
     from .fusion.rules import load_rules
 
@@ -321,6 +350,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "daemon": cmd_daemon, "extractor": cmd_extractor, "fusion": cmd_fusion,
     "clip": cmd_clip, "extract": cmd_extract, "samples": cmd_samples, "trace": cmd_trace, "demo": cmd_demo, "rules": cmd_rules,
+    "review": cmd_review,
 }
 
 
