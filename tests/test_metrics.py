@@ -12,7 +12,6 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -238,7 +237,8 @@ def test_observe_is_thread_safe(metrics):
         t.join(30)
     labels = {"component": "extractor:face#1"}
     assert metrics.value("momentbus_frames_processed_total", labels) == 8000
-    assert metrics.value("momentbus_processing_seconds_count", {**labels, "stage": "process"}) == 8000
+    assert metrics.value("momentbus_processing_seconds_count",
+                         {**labels, "stage": "process"}) == 8000
     assert metrics.value("momentbus_bad_messages_total",
                          {"component": "fusion", "error_type": "DecodeError"}) == 8000
 

@@ -102,7 +102,7 @@ def review() -> Iterator:
                 line = got.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 proc.kill()
-                raise AssertionError(f"review printed no URL in {timeout_s} s: {lines}")
+                raise AssertionError(f"review printed no URL in {timeout_s} s: {lines}") from None
             if line is None:
                 proc.wait(10)
                 raise AssertionError(f"review exited ({proc.returncode}): {''.join(lines)}")

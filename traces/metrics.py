@@ -6,38 +6,49 @@ Every number here comes from a trace record (``traces/records.py``): a role feed
 the whole local run (the collector's ``on_record``). The metrics are therefore the trace, counted:
 ``momentbus trace summary`` on the same records gives the same totals (tested).
 
-Metrics (all in the registry the :class:`TraceMetrics` owns; names follow the Prometheus
-conventions: ``momentbus_`` prefix, base units, ``_total`` counters, ``_seconds`` durations):
+Metrics live in the registry the :class:`TraceMetrics` owns; names follow the Prometheus
+conventions (``momentbus_`` prefix, base units, ``_total`` counters, ``_seconds`` durations).
+Each is listed as ``name`` [labels] (unit): the records it comes from.
 
-====================================== ========= ===================================== =========
-name                                   type      labels                                from
-====================================== ========= ===================================== =========
-momentbus_trace_records_total          counter   record (type; ``other`` if unknown)   every record
-momentbus_trace_records_malformed_total counter  reason (not_an_object, no_type,       records that
-                                                 bad_field)                            could not be used
-momentbus_frames_read_total            counter   component                             ``timing`` stage=read
-momentbus_frames_processed_total       counter   component                             ``timing`` with process_ms
-momentbus_frames_dropped_total         counter   group, reason                         ``frame_drop`` (one per seq)
-momentbus_bad_messages_total           counter   component, error_type                 ``bad_message``
-momentbus_errors_total                 counter   component, where                      ``error``
-momentbus_triggers_total               counter   rule                                  ``trigger``
-momentbus_clips_written_total          counter   rule                                  ``clip``
-momentbus_clips_failed_total           counter   rule                                  ``error`` where=clip
-momentbus_late_observations_total      counter   group                                 ``late_obs``
-momentbus_future_observations_total    counter   group                                 ``future_obs``
-momentbus_member_events_total          counter   component, event                      ``member``
-momentbus_source_reconnects_total      counter   source_id                             ``source`` event=reconnect
-momentbus_processing_seconds           histogram component, stage (read, process)      ``timing`` read_ms / process_ms
-momentbus_latency_seconds              histogram component                             ``timing`` latency_ms
-momentbus_sync_delay_seconds           histogram group, waiting_for                    ``sync_delay`` delay_ms
-momentbus_clip_cut_seconds             histogram (none)                                ``clip`` cut_ms
-momentbus_watermark_lag_seconds        gauge     group                                 ``watermark`` lag_ms
-momentbus_member_state                 gauge     component, group, member, state       ``member`` events
-momentbus_source_connected             gauge     source_id                             ``source``
-momentbus_clock_offset_seconds         gauge     host                                  ``member`` clock_offset_ns
-momentbus_clock_rtt_seconds            gauge     host                                  ``member`` rtt_ns
-momentbus_role_finished                gauge     component                             ``summary``
-====================================== ========= ===================================== =========
+Counters (unit: events, frames or records, as named):
+
+* ``momentbus_trace_records_total`` [record] (records): every record, by type (``other`` for a
+  type this module does not know).
+* ``momentbus_trace_records_malformed_total`` [reason] (records): records that could not be used:
+  ``not_an_object``, ``no_type``, ``bad_field``.
+* ``momentbus_frames_read_total`` [component] (frames): ``timing`` records with stage=read.
+* ``momentbus_frames_processed_total`` [component] (frames or chunks): ``timing`` records with
+  ``process_ms``.
+* ``momentbus_frames_dropped_total`` [group, reason] (frames): ``frame_drop``, one per seq.
+* ``momentbus_bad_messages_total`` [component, error_type] (messages): ``bad_message``.
+* ``momentbus_errors_total`` [component, where] (errors): ``error``.
+* ``momentbus_triggers_total`` [rule] (triggers): ``trigger``.
+* ``momentbus_clips_written_total`` [rule] (clips): ``clip``.
+* ``momentbus_clips_failed_total`` [rule] (clips): ``error`` with where=clip.
+* ``momentbus_late_observations_total`` [group] (observations): ``late_obs``.
+* ``momentbus_future_observations_total`` [group] (observations): ``future_obs``.
+* ``momentbus_member_events_total`` [component, event] (events): ``member``.
+* ``momentbus_source_reconnects_total`` [source_id] (reconnects): ``source`` event=reconnect.
+
+Histograms (seconds):
+
+* ``momentbus_processing_seconds`` [component, stage]: ``timing`` ``read_ms`` (stage=read) and
+  ``process_ms`` (stage=process).
+* ``momentbus_latency_seconds`` [component]: ``timing`` ``latency_ms``.
+* ``momentbus_sync_delay_seconds`` [group, waiting_for]: ``sync_delay`` ``delay_ms``.
+* ``momentbus_clip_cut_seconds`` (no labels): ``clip`` ``cut_ms``.
+
+Gauges:
+
+* ``momentbus_watermark_lag_seconds`` [group] (seconds): ``watermark`` ``lag_ms``.
+* ``momentbus_member_state`` [component, group, member, state] (0 or 1): ``member`` events.
+* ``momentbus_source_connected`` [source_id] (0 or 1): ``source``.
+* ``momentbus_clock_offset_seconds`` [host] (seconds, signed): ``member`` ``clock_offset_ns``.
+* ``momentbus_clock_rtt_seconds`` [host] (seconds): ``member`` ``rtt_ns``.
+* ``momentbus_role_finished`` [component] (0 or 1): ``summary``.
+
+With ``process_metrics=True`` the registry also holds prometheus_client's ``process_*`` metrics
+of this process (CPU seconds, resident memory, open fds, start time).
 
 Definitions and units:
 

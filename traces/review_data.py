@@ -74,6 +74,11 @@ class JsonlTail:
         self._offset = 0
         self._inode: tuple[int, int] | None = None
 
+    @property
+    def torn(self) -> int:
+        """Bytes of an incomplete last line once the whole file was read (0 if none)."""
+        return len(self.pending) if self._offset >= self.size else 0
+
     def _reset(self) -> None:
         self.records = []
         self.malformed = 0
@@ -196,7 +201,8 @@ class _TraceIndex:
             waiting = r.get("waiting_for")
             if t is not None and ms is not None and isinstance(waiting, list):
                 for who in waiting:
-                    ts, vs = self.sync.setdefault(f"{r.get('group', '?')} waits for {who}", ([], []))
+                    name = f"{r.get('group', '?')} waits for {who}"
+                    ts, vs = self.sync.setdefault(name, ([], []))
                     ts.append(t)
                     vs.append(ms)
         elif kind == "frame_drop":
@@ -487,9 +493,9 @@ class OutFolder:
         """Per-component lanes over event time, downsampled to ``bins`` bins over ``[t0, t1]``
         (default: the whole source): processing time (``stage`` process) and read time
         (daemon) in ms, sync delay per (group, group waited for) in ms, with count/mean/max per
-        bin and overall ``p50``/``p99``/``peak``; dropped frames and late observations as per-bin counts
-        (plus up to 2,000 exact points each); trigger onsets per bin (every trigger, not one
-        page)."""
+        bin and overall ``p50``/``p99``/``peak``; dropped frames and late observations as
+        per-bin counts (plus up to 2,000 exact points each); trigger onsets per bin (every
+        trigger, not one page)."""
         bins = max(10, min(int(bins), 4000))
         with self._lock:
             tr = self._trace
@@ -569,9 +575,9 @@ class OutFolder:
                         if f.malformed:
                             problems.append(f"{f.path.name}: {f.malformed} malformed line(s) "
                                             "skipped")
-                        if f.pending:
+                        if f.torn:
                             problems.append(f"{f.path.name}: the last line is incomplete "
-                                            f"({len(f.pending)} bytes): still being written, "
+                                            f"({f.torn} bytes): still being written, "
                                             "or the run was cut short")
                     if recs and not self.clips_dir.is_dir():
                         problems.append("clips/ is missing: no clip can play")
