@@ -1,63 +1,22 @@
-"""Process plumbing shared by every role: stop signals, parent-death, and the supervisor.
+"""The supervisor of a local run: starts role processes, restarts crashed ones within a budget,
+and stops everything with terminate -> timed join -> kill (Frigate's watchdog, minus silence).
 
-Each role (daemon, extractor, fusion, clip) is a separate OS process with a ``main()``. The
-supervisor of ``momentbus run`` starts them, restarts crashed extractors within a budget, and
-stops everything with terminate -> timed join -> kill (Frigate's watchdog, minus silence).
+Only the parent imports this module; what the roles themselves share (stop flag, parent-death
+signal, exit codes) is in :mod:`momentbus.lifecycle`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .lifecycle import PARENT_PID_ENV
+
 #: Children get this long after SIGTERM before SIGKILL.
 TERMINATE_GRACE_S = 5.0
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGINT; role loops poll :meth:`is_set` (no exception in the middle of a
-    ZeroMQ call, so every process closes its sockets and ends its streams cleanly)."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.signal: int | None = None
-
-    def install(self) -> "StopFlag":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handler)
-        return self
-
-    def _handler(self, signum: int, _frame: object) -> None:
-        self.signal = signum
-        self._event.set()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when its parent dies (no orphans after a crash)."""
-    if sys.platform != "linux":
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-    parent = os.environ.get("MOMENTBUS_PARENT_PID")
-    if parent and os.getppid() != int(parent):  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
@@ -67,11 +26,19 @@ class Child:
     name: str
     argv: list[str]
     restartable: bool = False
+    #: argv for a restart (e.g. fusion's ``--resume``); ``None``: the same as the first start
+    restart_argv: list[str] | None = None
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     exit_code: int | None = None
     stderr_path: str | None = None
     history: list[int] = field(default_factory=list)
+
+    def terminate(self) -> None:
+        """SIGTERM, if it is running: a role ends its work gracefully (a live daemon ends the
+        stream, so every role downstream finishes by itself)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
 
 
 class Supervisor:
@@ -90,12 +57,13 @@ class Supervisor:
         self._on_event = on_event or (lambda *a, **k: None)
 
     def start(self, child: Child) -> Child:
-        env = dict(os.environ, MOMENTBUS_PARENT_PID=str(os.getpid()), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_PID_ENV: str(os.getpid())})
         stderr = None
         if self.log_dir:
             child.stderr_path = os.path.join(self.log_dir, f"{child.name}.log")
             stderr = open(child.stderr_path, "ab")
-        child.proc = subprocess.Popen(child.argv, env=env, stdin=subprocess.DEVNULL,
+        argv = child.restart_argv if child.restarts and child.restart_argv else child.argv
+        child.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                       stdout=stderr or subprocess.DEVNULL, stderr=stderr,
                                       start_new_session=True)
         if stderr is not None:
@@ -119,7 +87,8 @@ class Supervisor:
             self._on_event("exit", child, code=code)
             if code != 0 and child.restartable and child.restarts < self.restart_budget:
                 child.restarts += 1
-                self._on_event("restart", child, attempt=child.restarts)
+                self._on_event("restart", child, attempt=child.restarts,
+                               pid=child.proc.pid)
                 self.start(child)
                 continue
             child.exit_code = code

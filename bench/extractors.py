@@ -20,7 +20,7 @@ from dataclasses import replace
 import cv2
 
 from momentbus.daemon import samples
-from momentbus.daemon.source import FileSource
+from momentbus.media import FileSource
 from momentbus.extractors.base import build
 from momentbus.extractors.offline import extract_file
 from momentbus.ipc.schema import Frame

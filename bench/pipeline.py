@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from momentbus.daemon import samples
-from momentbus.daemon.source import FileSource
+from momentbus.media import FileSource
 from momentbus.extractors.base import build
 from momentbus.fusion.aligner import Aligner
 from momentbus.fusion.rules import build_rules, load_rules

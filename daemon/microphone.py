@@ -11,17 +11,16 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Callable, Iterator
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from ..ipc.schema import AudioChunk
-from .errors import SourceError
+from ..ipc.vocab import AUDIO_RATE, AUDIO_TIME_BASE, NS_PER_SAMPLE
+from ..media import SourceError
 
-RATE = 16_000
-TIME_BASE = Fraction(1, RATE)
-NS_PER_SAMPLE = 1_000_000_000 // RATE
+RATE = AUDIO_RATE
+TIME_BASE = AUDIO_TIME_BASE
 #: 100 ms blocks: low latency for VAD, few messages (10 a second).
 BLOCK = 1600
 #: Blocks buffered between the audio thread and the daemon before the oldest are dropped (5 s).

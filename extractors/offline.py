@@ -1,46 +1,50 @@
-"""One extractor in-process on a file: what ``momentbus extract KIND SOURCE`` prints."""
+"""One extractor in-process on a file: what ``momentbus extract KIND SOURCE`` prints, and the
+library's :func:`extract_file`."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
-from ..daemon.source import FileSource
 from ..ipc.sampling import FpsSampler
-from ..ipc.schema import AudioChunk, Frame
-from .base import Extractor, StreamingExtractor, build, stream_of
+from ..ipc.schema import AudioChunk, Frame, Obs
+from ..media import FileSource
+from .base import Extractor, build, check_kind, stream_of
+from .stamping import ObsStamper
 
 
-def extract_file(kind: str, path: str, backend: str | None = None, fps: float | None = None,
-                 extractor: Extractor | None = None, **options: Any) -> Iterator[dict[str, Any]]:
-    """Yield one Obs dict (``kind``, ``source_id``, ``seq``, ``t_ns`` + the kind's payload) per
-    processed frame, or per speech segment, in order.
+def extract_file(kind: str, path: str | os.PathLike[str], backend: str | None = None,
+                 fps: float | None = None, extractor: Extractor | None = None,
+                 **options: Any) -> Iterator[Obs]:
+    """Run one extractor on a file, in this process; yield its observations in event-time order.
+
+    Each :class:`~momentbus.ipc.schema.Obs` is what the extractor process would send fusion
+    (group ``kind``, component ``extract:KIND``, the same watermarks), so the output can be fed
+    to an :class:`~momentbus.fusion.aligner.Aligner` directly. ``fps`` samples video on the same
+    event-time grid as the frame bus (``None``: every frame).
 
     Raises:
         SourceError: the file is missing, not media, or lacks the stream the kind reads.
         ExtractorError: unknown kind/backend, or its model cannot be loaded.
     """
+    check_kind(kind)
     stream = stream_of(kind)
-    src = FileSource(path, require_video=stream == "video")
-    ex = extractor or build(kind, backend, **options)
-    sampler = FpsSampler(fps)
-    head = {"kind": kind, "source_id": src.info.source_id}
-    try:
-        for item in src.items(audio=stream == "audio"):
-            if stream == "video":
-                if not isinstance(item, Frame) or not sampler(item.t_ns):
+    with FileSource(path, require_video=stream == "video") as src:
+        ex = extractor or build(kind, backend, **options)
+        sampler = FpsSampler(fps)
+        stamper = ObsStamper(src.info.source_id, kind, f"extract:{kind}")
+        try:
+            for item in src.items(audio=stream == "audio"):
+                if stream == "video":
+                    if not isinstance(item, Frame) or not sampler(item.t_ns):
+                        continue
+                elif not isinstance(item, AudioChunk):
                     continue
-            elif not isinstance(item, AudioChunk):
-                continue
-            out = ex.process(item)
-            if isinstance(ex, StreamingExtractor):
-                for seq, t_ns, payload in out:
-                    yield {**head, "seq": seq, "t_ns": t_ns, **payload}
-            else:
-                yield {**head, "seq": item.seq, "t_ns": item.t_ns, **out}
-        for seq, t_ns, payload in ex.flush():
-            yield {**head, "seq": seq, "t_ns": t_ns, **payload}
-    finally:
-        src.close()
-        if extractor is None:
-            ex.close()
+                observations, _ = stamper.stamp(ex.process(item), ex.watermark_after(item))
+                yield from observations
+            observations, _ = stamper.stamp(ex.flush(), stamper.watermark_ns)
+            yield from observations
+        finally:
+            if extractor is None:
+                ex.close()

@@ -11,8 +11,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..ipc.payloads import Person, Persons
 from ..ipc.schema import Frame
-from .base import Extractor, ModelLoadError
+from .base import FrameExtractor, ModelLoadError
 from .pose import person_from_keypoints
 
 
@@ -36,8 +37,8 @@ def load_yolo(weights: str | None) -> Any:
     return YOLO(weights, task="pose")
 
 
-def persons_from_result(result: Any) -> list[dict[str, Any]]:
-    """Obs maps from one ultralytics ``Results`` (keypoints ``xyn`` + ``conf``, boxes ``conf``)."""
+def persons_from_result(result: Any) -> list[Person]:
+    """People from one ultralytics ``Results`` (keypoints ``xyn`` + ``conf``, boxes ``conf``)."""
     if result.keypoints is None or result.keypoints.xyn is None:
         return []
     xyn = np.asarray(result.keypoints.xyn.cpu())
@@ -46,15 +47,16 @@ def persons_from_result(result: Any) -> list[dict[str, Any]]:
     persons = []
     for k in range(xyn.shape[0]):
         kps = np.concatenate([xyn[k], conf[k][:, None]], axis=1)
-        person = person_from_keypoints(kps)
         if result.boxes is not None and len(result.boxes) > k:
-            person["score"] = round(float(result.boxes.conf[k]), 4)
-            person["box"] = [round(float(v), 5) for v in np.asarray(result.boxes.xyxyn[k].cpu())]
-        persons.append(person)
+            persons.append(person_from_keypoints(
+                kps, box=np.asarray(result.boxes.xyxyn[k].cpu(), dtype=np.float64),
+                score=float(result.boxes.conf[k])))
+        else:
+            persons.append(person_from_keypoints(kps))
     return persons
 
 
-class YoloPoseExtractor(Extractor):
+class YoloPoseExtractor(FrameExtractor):
     """Many people per frame with YOLO-pose. ``model``: a ``.pt`` weights file the user provides
     (or a model yaml: random weights, for tests)."""
 
@@ -66,7 +68,7 @@ class YoloPoseExtractor(Extractor):
         self.device = device
         self.min_confidence = min_confidence
 
-    def process(self, item: Frame) -> dict[str, Any]:  # type: ignore[override]
-        results = self.model.predict(item.image(), verbose=False, conf=self.min_confidence,
+    def observe(self, frame: Frame) -> Persons:
+        results = self.model.predict(frame.image(), verbose=False, conf=self.min_confidence,
                                      device=self.device)
-        return {"persons": persons_from_result(results[0]) if results else []}
+        return Persons(persons=persons_from_result(results[0]) if results else [])

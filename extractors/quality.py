@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import cv2
 import numpy as np
 
+from ..ipc.payloads import QualityReading
 from ..ipc.schema import Frame
-from .base import Extractor
+from .base import FrameExtractor
 
 #: Analysis width (px). Blur and exposure are measured on a 320-px-wide gray proxy: cost stays
 #: constant across resolutions, and the variance of the Laplacian at a fixed scale is comparable
@@ -26,7 +27,7 @@ MAX_BRIGHTNESS = 0.92
 MAX_CLIPPED = 0.5
 
 
-class QualityExtractor(Extractor):
+class QualityExtractor(FrameExtractor):
     """Per-frame quality: ``blur`` (variance of the Laplacian), ``brightness``/``contrast`` (mean
     and std of gray in [0, 1]), ``clipped_dark``/``clipped_bright`` (fractions of pixels <= 2 and
     >= 253) and ``gate`` (all within the thresholds above)."""
@@ -36,8 +37,8 @@ class QualityExtractor(Extractor):
     def __init__(self, min_blur: float = MIN_BLUR) -> None:
         self.min_blur = min_blur
 
-    def process(self, item: Frame) -> dict[str, Any]:  # type: ignore[override]
-        img = item.image()
+    def observe(self, frame: Frame) -> QualityReading:
+        img = frame.image()
         h, w = img.shape[:2]
         if w > ANALYSIS_WIDTH:
             img = cv2.resize(img, (ANALYSIS_WIDTH, max(1, round(h * ANALYSIS_WIDTH / w))),
@@ -52,5 +53,7 @@ class QualityExtractor(Extractor):
         brightness = float(mean[0, 0] / 255.0)
         gate = (blur >= self.min_blur and MIN_BRIGHTNESS <= brightness <= MAX_BRIGHTNESS
                 and clipped_dark + clipped_bright <= MAX_CLIPPED)
-        return {"blur": blur, "brightness": brightness, "contrast": float(std[0, 0] / 255.0),
-                "clipped_dark": clipped_dark, "clipped_bright": clipped_bright, "gate": gate}
+        return QualityReading(blur=blur, brightness=brightness,
+                              contrast=min(1.0, float(std[0, 0] / 255.0)),
+                              clipped_dark=clipped_dark, clipped_bright=clipped_bright,
+                              gate=bool(gate))

@@ -1,10 +1,15 @@
 """The extractor runner process: ``momentbus extractor KIND --daemon ADDR --fusion ADDR``.
 
-It owns everything but the computing: the frame-bus membership and credits, the PUSH socket to
-fusion, heartbeats (from a thread, so a long model call never looks like a death), watermark
-messages, ``timing`` trace records and error handling. One bad frame is an ``error`` record and a
+It owns everything but the computing: the frame-bus membership and credits, the reliable link
+to fusion (observations, watermarks, Hello and Eof are kept until fusion acknowledges them, and
+sent again if fusion restarts), heartbeats (from a thread, so a long model call never looks like
+a death), ``timing`` trace records and error handling. One bad frame is an ``error`` record and a
 watermark advance, not a crash; repeated failures end the process with a non-zero code so the
-supervisor can restart it.
+supervisor can restart it. Every extractor goes through the same steps (see :mod:`.base`).
+
+It never ends because the daemon or fusion went away: it says Hello to the daemon again, and
+keeps fusion's messages until they are acknowledged. It ends at the end of the stream once
+fusion has everything, when stopped, or after ``daemon_timeout_s`` without the daemon.
 """
 
 from __future__ import annotations
@@ -12,23 +17,31 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import zmq
 
 from ..ipc import sockets
+from ..ipc.curve import PeerRefusedError
 from ..ipc.errors import PeerTimeoutError
-from ..ipc.framebus import HEARTBEAT_INTERVAL_S, FrameBusClient
-from ..ipc.schema import OBS_TYPES, Eof, Heartbeat, Hello, Watermark
-from ..supervisor import StopFlag
+from ..ipc.framebus import HEARTBEAT_INTERVAL_S, FrameBusClient, SupersededError
+from ..ipc.clock import REPORT_MIN_SAMPLES
+from ..ipc.linkclock import LinkClock
+from ..ipc.reliable import ReliableSender, incarnation_now
+from ..ipc.schema import Eof, Heartbeat, Hello, Watermark
+from ..ipc.vocab import Encoding, Policy, component_name
+from ..lifecycle import ExitCode, StopFlag
 from ..traces.tracer import Tracer
-from .base import Extractor, StreamingExtractor, build
+from .base import Extractor, Result, build
+from .stamping import ObsStamper
 
-#: Consecutive per-frame failures after which the runner gives up (exit code 3).
+#: Consecutive per-frame failures after which the runner gives up.
 MAX_CONSECUTIVE_ERRORS = 20
-#: How long a send to fusion may block (fusion's queue full or fusion gone) before giving up.
-FUSION_SEND_TIMEOUT_MS = 10_000
+#: At the end of the stream, how long to wait for fusion to acknowledge the last messages
+#: (fusion restarting takes a few seconds: its log replays at ~35,000 observations/s).
+FUSION_DRAIN_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -38,12 +51,14 @@ class RunnerConfig:
     fusion: str
     backend: str | None = None
     group: str | None = None
-    index: int = 1
+    instance: int = 1
     fps: float | None = None
-    policy: str = "every"
-    encoding: str = "raw"
+    policy: Policy = "auto"
+    encoding: Encoding = "raw"
     credits: int = 2
     join_timeout_s: float = 60.0
+    daemon_timeout_s: float = 300.0
+    incarnation: int = field(default_factory=incarnation_now)
 
     @property
     def group_name(self) -> str:
@@ -51,25 +66,38 @@ class RunnerConfig:
 
     @property
     def component(self) -> str:
-        return f"extractor:{self.group_name}#{self.index}"
+        return component_name(self.group_name, self.instance)
 
 
 class _FusionHeartbeat(threading.Thread):
-    """Sends Heartbeat to fusion every 0.5 s on its own PUSH socket until stopped."""
+    """Sends Heartbeat to fusion every 0.5 s on its own socket until stopped (heartbeats may
+    be lost: they only say "alive"), with clock stamps; fusion answers each, so both ends keep
+    an estimate of the other's wall clock (:attr:`clock`)."""
 
     def __init__(self, address: str, component: str) -> None:
         super().__init__(name="fusion-heartbeat", daemon=True)
         self.address = address
         self.component = component
         self.stopped = threading.Event()
+        self.clock = LinkClock()
 
     def run(self) -> None:
-        sock = sockets.connect(zmq.PUSH, self.address, hwm=10)
-        try:
-            while not self.stopped.wait(HEARTBEAT_INTERVAL_S):
-                sockets.try_send(sock, Heartbeat(component=self.component, wall_ns=time.time_ns()))
-        finally:
-            sock.close(0)
+        with sockets.connect(zmq.DEALER, self.address, hwm=10) as sock:
+            replies: sockets.Receiver[Heartbeat] = sockets.Receiver(
+                sock, (Heartbeat,), where="the fusion heartbeat")
+            next_beat = time.monotonic()
+            while not self.stopped.is_set():
+                if time.monotonic() >= next_beat:
+                    sockets.try_send(sock, Heartbeat(component=self.component,
+                                                     wall_ns=time.time_ns(),
+                                                     clock=self.clock.stamps()))
+                    next_beat = time.monotonic() + HEARTBEAT_INTERVAL_S
+                reply = replies.recv(max(1, int((next_beat - time.monotonic()) * 1000)))
+                if reply is not None:
+                    self.clock.receive(reply.clock)
+                    est = self.clock.estimate()
+                    if est is None or est.samples < REPORT_MIN_SAMPLES:
+                        next_beat = time.monotonic()  # a few quick rounds: both ends converge
 
 
 def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor | None = None,
@@ -78,113 +106,123 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
     extractor = extractor or build(cfg.kind, cfg.backend, **(options or {}))
     hello = Hello(component=cfg.component, group=cfg.group_name, pid=os.getpid(),
                   policy=cfg.policy, fps=cfg.fps, encoding=cfg.encoding,
-                  streams=[extractor.stream])
-    client = FrameBusClient(cfg.daemon, hello, credits=cfg.credits)
-    fusion = sockets.connect(zmq.PUSH, cfg.fusion, hwm=sockets.DEFAULT_HWM, linger_ms=5000)
-    fusion.setsockopt(zmq.SNDTIMEO, FUSION_SEND_TIMEOUT_MS)
+                  streams=[extractor.stream], instance=cfg.instance,
+                  incarnation=cfg.incarnation)
     heartbeat = _FusionHeartbeat(cfg.fusion, cfg.component)
-    source_id = ""
     processed = errors = consecutive = 0
-    code = 0
+    code: int = ExitCode.OK
     clean = False  # only a clean end says "bye": after a crash the daemon keeps our frames
-    try:
+    with FrameBusClient(cfg.daemon, hello, credits=cfg.credits,
+                        daemon_timeout_s=cfg.daemon_timeout_s) as client, \
+            sockets.connect(zmq.DEALER, cfg.fusion, hwm=0) as fusion_sock:
+        link = ReliableSender(fusion_sock, cfg.component, cfg.incarnation)
+
+        def to_fusion(msg: Any) -> None:
+            if not link.has_room():  # fusion is down: wait (the source waits with us)
+                link.wait(lambda: link.has_room() or stop.is_set(), float("inf"),
+                          idle=client.heartbeat)
+            link.send(msg)
+
         try:
-            welcome = client.join(cfg.join_timeout_s, stop.is_set)
-        except PeerTimeoutError as e:
-            tracer.error("join", e)
-            return 4
-        source_id = welcome.source_id
-        tracer.source_id = source_id
-
-        def send_watermark(t_ns: int) -> None:
-            sockets.send(fusion, Watermark(source_id=source_id, group=cfg.group_name,
-                                           component=cfg.component, t_ns=t_ns))
-
-        sockets.send(fusion, hello)
-        heartbeat.start()
-        tracer.emit("member", event="ready", group=cfg.group_name, policy=cfg.policy, fps=cfg.fps)
-        wm = -1
-        while not stop.is_set():
-            item = client.recv(100)
-            if item is None:
-                continue
-            if isinstance(item, Eof):
-                for seq, t_ns, payload in extractor.flush():
-                    _send_obs(fusion, cfg, source_id, seq, t_ns, max(wm, t_ns), payload, 0)
-                final = max(wm, item.t_end_ns)
-                send_watermark(final)
-                sockets.send(fusion, Eof(source_id=source_id, component=cfg.component,
-                                         last_seq=item.last_seq, t_end_ns=final, reason=item.reason))
-                if item.reason == "source_lost":
-                    tracer.error("frame_bus", "the daemon stopped answering; ending")
-                    code = 5
-                clean = True
-                break
-            received_wall = time.time_ns()
-            if getattr(item, "gaps", None) and not isinstance(extractor, StreamingExtractor):
-                # frames skipped for us (sampling, `latest` drops) will never be processed: say
-                # so now, so a rule waiting on this group need not wait for our processing
-                early = item.t_ns - 1 - extractor.max_lateness_ns
-                if early > wm:
-                    wm = early
-                    send_watermark(wm)
-            t0 = time.perf_counter_ns()
             try:
-                payload = extractor.process(item)
-            except Exception as e:  # a backend failure on one frame must not kill the process
-                errors += 1
-                consecutive += 1
-                tracer.error("process", e, seq=item.seq, t_ns=item.t_ns)
-                wm = max(wm, extractor.watermark_ns if isinstance(extractor, StreamingExtractor)
-                         else item.t_ns - extractor.max_lateness_ns)
-                send_watermark(wm)
-                client.done()
-                if consecutive >= MAX_CONSECUTIVE_ERRORS:
-                    tracer.error("process", f"{consecutive} consecutive failures; giving up")
-                    code = 3
+                welcome = client.join(cfg.join_timeout_s, stop.is_set)
+            except PeerTimeoutError as e:
+                tracer.error("join", e)
+                return ExitCode.JOIN_TIMEOUT
+            except PeerRefusedError as e:  # keys that cannot work: a user mistake, exit 2
+                tracer.error("join", e)
+                raise
+            tracer.source_id = welcome.source_id
+            stamper = ObsStamper(welcome.source_id, cfg.group_name, cfg.component)
+
+            def send_watermark(t_ns: int | None) -> None:
+                if t_ns is not None:
+                    to_fusion(Watermark(source_id=welcome.source_id, group=cfg.group_name,
+                                        component=cfg.component, t_ns=t_ns))
+
+            def send(results: list[Result], watermark_ns: int, latency_ns: int = 0) -> None:
+                observations, bare = stamper.stamp(results, watermark_ns, latency_ns)
+                for obs in observations:
+                    to_fusion(msgspec.structs.replace(obs, sent_wall_ns=time.time_ns()))
+                send_watermark(bare)
+
+            def clock_reports() -> None:
+                for peer, clock in (("daemon", client.clock), ("fusion", heartbeat.clock)):
+                    est = clock.report_due()
+                    if est is not None:
+                        tracer.emit("member", event="clock", member=cfg.component,
+                                    group=cfg.group_name, peer=peer, **est.fields())
+
+            to_fusion(hello)
+            heartbeat.start()
+            tracer.emit("member", event="ready", group=cfg.group_name, policy=cfg.policy,
+                        fps=cfg.fps, instance=cfg.instance, incarnation=cfg.incarnation)
+            while not stop.is_set():
+                link.pump()
+                clock_reports()
+                item = client.recv(100)
+                if item is None:
+                    continue
+                if isinstance(item, Eof):
+                    send(extractor.flush(), item.t_end_ns)
+                    to_fusion(Eof(source_id=welcome.source_id, component=cfg.component,
+                                  last_seq=item.last_seq, t_end_ns=stamper.watermark_ns,
+                                  reason=item.reason))
+                    clean = True
                     break
-                continue
-            consecutive = 0
-            process_ns = time.perf_counter_ns() - t0
-            latency_ns = time.time_ns() - item.capture_wall_ns
-            if isinstance(extractor, StreamingExtractor):
-                # results first (their times are before the new watermark), then the watermark
-                new_wm = max(wm, extractor.watermark_ns)
-                for seq, t_ns, result in payload:
-                    _send_obs(fusion, cfg, source_id, seq, t_ns, wm, result, latency_ns)
-                if new_wm > wm:
-                    send_watermark(new_wm)
-                wm = new_wm
-            else:
-                wm = max(wm, item.t_ns - extractor.max_lateness_ns)
-                _send_obs(fusion, cfg, source_id, item.seq, item.t_ns, wm, payload, latency_ns)
-            client.done()
-            processed += 1
-            tracer.emit("timing", seq=item.seq, t_ns=item.t_ns, stage="process",
-                        process_ms=round(process_ns / 1e6, 3),
-                        wait_ms=round((received_wall - item.capture_wall_ns) / 1e6, 3),
-                        latency_ms=round(latency_ns / 1e6, 3),
-                        gaps=getattr(item, "gaps", None) or None)
-    except zmq.Again:
-        tracer.error("fusion", "fusion did not accept observations for 10 s; ending")
-        code = 6
-    finally:
-        heartbeat.stopped.set()
-        tracer.emit("member", event="leave", group=cfg.group_name, processed=processed,
-                    errors=errors, bad_messages=client.bad_messages)
-        if clean or stop.is_set():
-            client.leave()
-        client.close()
-        fusion.close(5000)
-        extractor.close()
-        if heartbeat.is_alive():
-            heartbeat.join(2)
+                received_wall = time.time_ns()
+                if getattr(item, "gaps", None):
+                    # frames skipped for us (sampling, `latest` drops) will never be processed:
+                    # say so now, so a rule waiting on this group need not wait for our work
+                    send_watermark(stamper.advance(item.t_ns - 1 - extractor.max_lateness_ns))
+                t0 = time.perf_counter_ns()
+                try:
+                    results = extractor.process(item)
+                except Exception as e:  # a backend failure on one item must not kill the process
+                    errors += 1
+                    consecutive += 1
+                    tracer.error("process", e, seq=item.seq, t_ns=item.t_ns)
+                    send_watermark(stamper.advance(extractor.watermark_after(item)))
+                    client.done()
+                    if consecutive >= MAX_CONSECUTIVE_ERRORS:
+                        tracer.error("process", f"{consecutive} consecutive failures; giving up")
+                        code = ExitCode.EXTRACTOR_FAILED
+                        break
+                    continue
+                consecutive = 0
+                process_ns = time.perf_counter_ns() - t0
+                # the capture stamp is the daemon's wall clock: moved to ours by the measured
+                # offset, so another host's clock error does not show up as latency
+                captured = client.clock.to_local_ns(item.capture_wall_ns)
+                latency_ns = time.time_ns() - captured
+                send(results, extractor.watermark_after(item), latency_ns)
+                client.done()
+                processed += 1
+                tracer.emit("timing", seq=item.seq, t_ns=item.t_ns, stage="process",
+                            process_ms=round(process_ns / 1e6, 3),
+                            wait_ms=round((received_wall - captured) / 1e6, 3),
+                            latency_ms=round(latency_ns / 1e6, 3),
+                            gaps=msgspec.to_builtins(item.gaps) if getattr(item, "gaps", None)
+                            else None)
+            if clean and not link.wait(lambda: link.all_acked() or stop.is_set(),
+                                       FUSION_DRAIN_TIMEOUT_S, idle=client.heartbeat):
+                tracer.error("fusion", f"fusion did not acknowledge the last {link.unacked} "
+                             f"message(s) within {FUSION_DRAIN_TIMEOUT_S:.0f} s")
+                code = ExitCode.FUSION_UNREACHABLE
+        except SupersededError as e:
+            tracer.error("frame_bus", e)
+            code = ExitCode.SUPERSEDED
+        except PeerTimeoutError as e:  # the daemon is gone: not the end of the stream
+            tracer.error("frame_bus", e)
+            code = ExitCode.SOURCE_LOST
+        finally:
+            heartbeat.stopped.set()
+            tracer.emit("member", event="leave", group=cfg.group_name, processed=processed,
+                        errors=errors, bad_messages=client.bad_messages,
+                        resent_to_fusion=link.resends, rejoins=client.rejoins)
+            if clean or stop.is_set():
+                client.leave()
+            extractor.close()
+            if heartbeat.is_alive():
+                heartbeat.join(2)
     return code
-
-
-def _send_obs(sock: zmq.Socket, cfg: RunnerConfig, source_id: str, seq: int, t_ns: int,
-              wm: int, payload: dict[str, Any], latency_ns: int) -> None:
-    cls = OBS_TYPES[cfg.kind]
-    obs = cls(source_id=source_id, group=cfg.group_name, component=cfg.component, seq=seq,
-              t_ns=t_ns, watermark_ns=wm, latency_ns=latency_ns, **payload)
-    sockets.send(sock, obs)

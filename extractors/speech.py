@@ -10,7 +10,9 @@ buffer is final, so the watermark is ``buffer_t_ns - 1``.
 
 Times: a segment's ``t_ns`` is the stream's first-sample time plus an offset counted in samples
 (62 500 ns each), so speech keeps the source clock exactly, and the same audio at another offset
-gives the same segments shifted by exactly that offset.
+gives the same segments shifted by exactly that offset. A live source's reconnect (a new
+``generation``, or a chunk that does not continue the buffer) transcribes what the buffer holds
+and counts from the new chunk.
 """
 
 from __future__ import annotations
@@ -23,13 +25,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..ipc.schema import AudioChunk
-from .base import ModelLoadError, Result, StreamingExtractor
+from ..ipc.payloads import SpeechSegment, Word as WordPayload, clamp_unit
+from ..ipc.schema import AudioChunk, Frame
+from ..ipc.vocab import AUDIO_RATE as RATE
+from ..ipc.vocab import NS_PER_SAMPLE
+from .base import Extractor, ModelLoadError, Result
 
-RATE = 16_000
 #: First bytes of a ggml model file: GGML_FILE_MAGIC 0x67676d6c, little-endian (whisper.cpp).
+#: A chunk whose time is this far from where the buffer ends does not continue it (a live
+#: source reconnected, or its clock was re-anchored): the buffer is transcribed and restarted.
+#: A file's and a microphone's chunks continue it to the nanosecond.
+DISCONTINUITY_NS = 50_000_000
+
 GGML_MAGIC = b"lmgg"
-NS_PER_SAMPLE = 1_000_000_000 // RATE  # 62 500 ns exactly
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,7 @@ class Segment:
     words: list[Word]
 
 
-class VadSegmenter(StreamingExtractor):
+class VadSegmenter(Extractor):
     """Buffering, VAD and timing shared by the speech backends; a backend implements
     :meth:`transcribe` on a float32 16 kHz array (times in seconds from its start).
 
@@ -80,7 +88,16 @@ class VadSegmenter(StreamingExtractor):
         self.buffer_start = 0  # sample index (since the first sample) of buffer[0]
         self.next_check = self.check_interval
         self.last_seq = -1
-        self.watermark_ns = -1
+        self.watermark_ns = -(1 << 62)
+        self.generation = 0  # of the chunks in the buffer (a live source's connection)
+        # a segment starts inside the buffer, which holds at most max_buffer plus one check
+        # interval (and the chunk that crossed it) of audio before it is transcribed and cut
+        self.max_lateness_ns = (self.max_buffer + 2 * self.check_interval) * NS_PER_SAMPLE
+
+    @property
+    def next_t_ns(self) -> int:
+        """Where the next chunk continues the stream (ns)."""
+        return self.buffer_t_ns + len(self.buffer) * NS_PER_SAMPLE
 
     @property
     def buffer_t_ns(self) -> int:
@@ -91,19 +108,36 @@ class VadSegmenter(StreamingExtractor):
     def transcribe(self, audio: np.ndarray) -> list[Segment]:
         """Segments of ``audio`` (float32, 16 kHz mono), times in seconds from its start."""
 
-    def process(self, item: AudioChunk) -> list[Result]:  # type: ignore[override]
+    def watermark_after(self, item: AudioChunk | Frame) -> int:
+        """Everything before the unfinished buffer is final: its start minus 1 ns."""
+        return self.watermark_ns
+
+    def process(self, item: AudioChunk | Frame) -> list[Result]:
         """Buffer the chunk; at each whole ``check_interval`` of the stream (counted in samples
         from its first one, so chunk sizes never change the result) run VAD and transcribe what
         a pause closed."""
+        if not isinstance(item, AudioChunk):
+            raise TypeError(f"the speech extractor reads audio chunks, got {type(item).__name__}")
         if item.sample_rate != RATE:
             raise ValueError(f"speech needs {RATE} Hz audio, got {item.sample_rate} Hz")
         samples = item.samples()
         mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+        results: list[Result] = []
+        if self.origin_ns is not None and (
+                item.generation != self.generation
+                or abs(item.t_ns - self.next_t_ns) > DISCONTINUITY_NS):
+            # a live source reconnected (or its clock was re-anchored): the samples no longer
+            # continue the buffer; transcribe what it holds, then count from this chunk
+            results += self.flush()
+            self.origin_ns = None
         if self.origin_ns is None:
             self.origin_ns = item.t_ns
+            self.buffer = np.zeros(0, np.float32)
+            self.buffer_start = 0
+            self.next_check = self.check_interval
+            self.generation = item.generation
         self.buffer = np.concatenate([self.buffer, mono.astype(np.float32)])
         self.last_seq = item.seq
-        results: list[Result] = []
         while self.buffer_start + len(self.buffer) >= self.next_check:
             results += self._segment(self.next_check - self.buffer_start, final=False)
             self.next_check += self.check_interval
@@ -143,12 +177,13 @@ class VadSegmenter(StreamingExtractor):
         def t(seconds: float) -> int:  # to the nearest sample, then exact ns
             return origin_ns + round(seconds * RATE) * NS_PER_SAMPLE
 
-        words = [{"word": w.word.strip(), "t_ns": t(w.start_s), "t_end_ns": t(w.end_s),
-                  "probability": round(float(w.probability), 4)} for w in seg.words]
-        payload: dict[str, Any] = {"t_end_ns": max(t(seg.end_s), t(seg.start_s)),
-                                   "text": seg.text.strip(), "words": words,
-                                   "language": self.language, "final": True}
-        return (self.last_seq, t(seg.start_s), payload)
+        words = [WordPayload(word=w.word.strip()[:256], t_ns=t(w.start_s),
+                             t_end_ns=max(t(w.start_s), t(w.end_s)),
+                             probability=clamp_unit(w.probability, 4)) for w in seg.words]
+        payload = SpeechSegment(t_end_ns=max(t(seg.end_s), t(seg.start_s)),
+                                text=seg.text.strip(), words=words, language=self.language,
+                                final=True)
+        return Result(self.last_seq, t(seg.start_s), payload)
 
 
 class FasterWhisperExtractor(VadSegmenter):

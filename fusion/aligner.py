@@ -6,7 +6,7 @@ Inputs are the messages extractor members send: :meth:`Aligner.on_join` (Hello),
 :class:`Output` with what became final: fired TRIGs, late observations, sync delays and membership
 changes. No sockets, no clocks inside: the fusion process does the I/O.
 
-Semantics (DESIGN.md "Fusion"):
+Semantics (README, "Fusion semantics"):
 
 * A **member** (one extractor process) promises with its watermark that nothing more will come
   from it at or before ``t_ns``; every Obs carries the member's watermark. A **group**'s watermark
@@ -20,16 +20,23 @@ Semantics (DESIGN.md "Fusion"):
 * An observation at or before its member's watermark, or at or before what its rules already
   consumed, is **late**: reported, counted, never reordered into emitted results.
 * Watermarks never regress (a lower one is ignored).
-* A member silent for ``idle_timeout`` (wall clock) is **absent**: it stops holding back
-  watermarks, and returns when it speaks again.
+* An observation that repeats one already received for the group (same seq and ``t_ns``: a frame
+  processed again after a restart or a rejoin) is a **duplicate**: counted, dropped, never late.
+* A member silent for ``idle_timeout`` (wall clock) is traced ``idle``. On a live source it is
+  also **absent**: it stops holding back watermarks, and returns when it speaks again. On a file
+  (:meth:`Aligner.on_source` with ``live=False``) it keeps holding its group back, since nothing
+  is lost by waiting, until it speaks again or is declared **lost** (:meth:`Aligner.on_lost`:
+  its frames went to others or nobody); a lost member's group is listed as missing.
 """
 
 from __future__ import annotations
 
 import bisect
-import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+
+from msgspec.structs import replace
 
 from ..ipc.schema import Obs, Trig
 from .rules import Rule
@@ -47,6 +54,14 @@ DEFAULT_FUTURE_GUARD_NS = 60_000_000_000
 #: An expected group that no member joined within this long is marked absent (model loading
 #: takes 1-3 s here; 60 s leaves room for a slow disk or a first import).
 DEFAULT_JOIN_TIMEOUT_NS = 60_000_000_000
+#: On a file, a silent member holds its group back at most this long before it counts as lost:
+#: longer than the frame bus's member timeout plus rejoin grace (5 + 15 s) plus a restart, so a
+#: member that is coming back is waited for, and one that never will (a process that said
+#: Hello and died, a peer that is not an extractor) cannot stall the job for good.
+DEFAULT_HOLD_TIMEOUT_NS = 60_000_000_000
+#: Observations remembered per group to recognise a duplicate: a repeat comes at most a rejoin
+#: grace after the original (15 s: 375 frames at 25 fps); 8192 is 5 min of 25 fps.
+DEDUP_WINDOW = 8192
 
 
 @dataclass
@@ -75,6 +90,8 @@ class _Member:
     last_seen_ns: int = 0
     absent: bool = False
     ended: bool = False
+    silent: bool = False  # traced idle (on a file it still holds its group back)
+    lost: bool = False  # declared lost by the daemon: its frames went to others
     latest_ns: int = NEG_INF  # the latest event time this member has shown (obs or watermark)
 
 
@@ -100,11 +117,13 @@ class Aligner:
     def __init__(self, rules: list[Rule], expected_groups: list[str] | None = None, *,
                  idle_timeout_ns: int = DEFAULT_IDLE_TIMEOUT_NS,
                  join_timeout_ns: int = DEFAULT_JOIN_TIMEOUT_NS, start_ns: int = 0,
-                 future_guard_ns: int = DEFAULT_FUTURE_GUARD_NS) -> None:
+                 future_guard_ns: int = DEFAULT_FUTURE_GUARD_NS,
+                 hold_timeout_ns: int = DEFAULT_HOLD_TIMEOUT_NS) -> None:
         self.rules = rules
         self.future_guard_ns = future_guard_ns
         self.rejected_count = 0
         self.idle_timeout_ns = idle_timeout_ns
+        self.hold_timeout_ns = hold_timeout_ns
         self.join_timeout_ns = join_timeout_ns
         self.start_ns = start_ns
         groups = set(expected_groups or [])
@@ -119,6 +138,10 @@ class Aligner:
         self.obs_count = 0
         self.trig_count = 0
         self.source_ended = False
+        self.duplicate_count = 0
+        #: a silent member keeps holding its group back (files) instead of going absent (live)
+        self.hold_silent = False
+        self._received: dict[str, OrderedDict[tuple[int, int], None]] = {}
         self._readers_cache: dict[str, tuple[frozenset[str], int]] = {}
 
     # ------------------------------------------------------------------ watermarks
@@ -160,11 +183,43 @@ class Aligner:
     def _seen(self, member: _Member, now_ns: int) -> Output:
         out = Output()
         member.last_seen_ns = max(member.last_seen_ns, now_ns)
-        if member.absent and not member.ended:
-            member.absent = False
+        if (member.absent or member.silent) and not member.ended:
+            member.absent = member.silent = False
             out.members.append({"event": "rejoin", "member": member.component,
                                 "group": member.group})
         return out
+
+    def on_source(self, live: bool, now_ns: int) -> Output:
+        """What the source is (the daemon's Welcome): on a file a silent member keeps holding
+        its group back; on a live source it goes absent after the idle timeout."""
+        self.hold_silent = not live
+        return Output()
+
+    def on_lost(self, component: str, group: str, now_ns: int) -> Output:
+        """The daemon gave up waiting for this member (its frames went to others or nobody):
+        it holds nothing back any more and its group is missing while it has no other member."""
+        member = self.members.get(component)
+        if member is None:
+            member = _Member(component, group, last_seen_ns=now_ns)
+            self.members[component] = member
+        out = Output()
+        if member.ended or member.lost:
+            return out
+        member.lost = member.absent = True
+        out.members.append({"event": "lost", "member": component, "group": group})
+        out.extend(self._release(now_ns))
+        return out
+
+    def _duplicate(self, obs: Obs) -> bool:
+        """Seen this (seq, t_ns) of the group before? Remember it if not."""
+        seen = self._received.setdefault(obs.group, OrderedDict())
+        key = (obs.seq, obs.t_ns)
+        if key in seen:
+            return True
+        seen[key] = None
+        if len(seen) > DEDUP_WINDOW:
+            seen.popitem(last=False)
+        return False
 
     def on_heartbeat(self, component: str, now_ns: int) -> Output:
         member = self.members.get(component)
@@ -201,6 +256,11 @@ class Aligner:
     def on_obs(self, obs: Obs, now_ns: int) -> Output:
         member, out = self._member(obs.component, obs.group, now_ns)
         self.obs_count += 1
+        if self._duplicate(obs):
+            self.duplicate_count += 1
+            self._advance(member, obs.watermark_ns)
+            out.extend(self._release(now_ns))
+            return out
         ref = self._in_future(member, max(obs.t_ns, obs.watermark_ns))
         if ref is not None:
             out.extend(self._reject(member, "obs", max(obs.t_ns, obs.watermark_ns), ref, obs.seq))
@@ -256,11 +316,18 @@ class Aligner:
         """Liveness: mark silent members absent, expected groups nobody joined absent."""
         out = Output()
         for member in self.members.values():
-            if (not member.absent and not member.ended
+            if (not member.absent and not member.silent and not member.ended
                     and now_ns - member.last_seen_ns > self.idle_timeout_ns):
-                member.absent = True
+                member.silent = True
+                member.absent = not self.hold_silent
                 out.members.append({"event": "idle", "member": member.component,
-                                    "group": member.group,
+                                    "group": member.group, "holding": self.hold_silent,
+                                    "silent_ms": round((now_ns - member.last_seen_ns) / 1e6)})
+            elif (member.silent and not member.absent and not member.ended
+                    and now_ns - member.last_seen_ns > self.hold_timeout_ns):
+                member.lost = member.absent = True  # waited long enough: it is not coming back
+                out.members.append({"event": "lost", "member": member.component,
+                                    "group": member.group, "reason": "silent",
                                     "silent_ms": round((now_ns - member.last_seen_ns) / 1e6)})
         if now_ns - self.start_ns > self.join_timeout_ns:
             for group in self.expected:
@@ -329,7 +396,7 @@ class Aligner:
                             "waiting_for": pend.waiting_for})
                 for trig in rule.on_obs(pend.obs):
                     if missing:
-                        trig = dataclasses.replace(trig, missing=missing)
+                        trig = replace(trig, missing=missing)
                     out.trigs.append(trig)
                     self.trig_count += 1
             if complete >= POS_INF:

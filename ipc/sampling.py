@@ -30,3 +30,11 @@ class FpsSampler:
         slots = (t_ns + tolerance - self.next_due_ns) // self.period_ns + 1
         self.next_due_ns += slots * self.period_ns
         return True
+
+    def state(self) -> int | None:
+        """The next due time (ns): with it, :meth:`restore` continues the same grid (a daemon
+        resuming a file samples exactly the frames it sampled before)."""
+        return self.next_due_ns
+
+    def restore(self, next_due_ns: int | None) -> None:
+        self.next_due_ns = next_due_ns

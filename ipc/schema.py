@@ -1,134 +1,226 @@
-"""Typed, versioned messages of the wire and their MessagePack encoding.
+"""Typed, versioned messages of the wire and their MessagePack encoding (msgspec Structs).
 
 Every message is a ZeroMQ multipart ``[kind, header, *payload]``: ``kind`` is a short ASCII tag,
-``header`` a MessagePack map holding ``v`` (the schema version) and the message's fields, and the
-payload parts raw buffers (pixels, samples) sent zero-copy. :func:`encode` and :func:`decode` are
-the only way bytes become messages: decoding validates size, version, field presence and types and
-raises a :class:`~momentbus.ipc.errors.DecodeError` subclass on anything else, so a malformed message
-is counted and dropped by the receiver, never a crash.
+``header`` a MessagePack map whose first key is ``v`` (the schema version) followed by the
+message's fields, and the payload parts raw buffers (pixels, samples) sent zero-copy.
+:func:`encode` and :func:`decode` are the only way bytes become messages. Decoding validates the
+version, every field's presence, type and declared range (``msgspec.Meta`` constraints, checked in
+C), the number and size of payload parts, and raises a :class:`~momentbus.ipc.errors.DecodeError`
+subclass on anything else, so a malformed message is counted and dropped by the receiver, never a
+crash. ``bench/schema.py`` measures decoding against plain ``msgpack.unpackb``.
 
 Times are ``t_ns`` (int ns, source clock); ``pts``/``time_base`` are the stream's own.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field
+import re
 from fractions import Fraction
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Final, Union
 
-import msgpack
+import msgspec
 import numpy as np
+from msgspec import Meta, Struct
 from numpy.typing import NDArray
 
 from .errors import DecodeError, OversizeError, SchemaVersionError, UnknownKindError
+from .payloads import AnyPayload, NonNegInt, Payload, SpeechSegment, TimeNs
+from .vocab import NAME_PATTERN, Encoding, GapReason, MediaKind, Policy, Stream
 
-SCHEMA_VERSION = 1
+#: Version 2: payloads are typed Structs under ``payload`` (version 1 carried dicts).
+SCHEMA_VERSION: Final = 2
 
 #: Largest header accepted (bytes). Headers carry metadata only; 1 MiB holds a TRIG with
-#: hundreds of evidence items.
-MAX_HEADER_BYTES = 1 << 20
+#: hundreds of evidence items or a speech segment of thousands of words.
+MAX_HEADER_BYTES: Final = 1 << 20
 #: Largest single payload part (bytes): an 8K BGR frame is 7680*4320*3 = 99.5 MB.
-MAX_PAYLOAD_BYTES = 128 << 20
+MAX_PAYLOAD_BYTES: Final = 128 << 20
 
 Buffer = bytes | memoryview | bytearray
 
+Name = Annotated[str, Meta(pattern=NAME_PATTERN, description="letters, digits, _ . -")]
+Component = Annotated[str, Meta(min_length=1, max_length=128)]
+Seq = Annotated[int, Meta(ge=0, le=1 << 62)]
+#: Pixels per side: 16384 is FFmpeg's largest H.264/HEVC level-6.2 frame dimension.
+Dimension = Annotated[int, Meta(ge=1, le=16384)]
+WallNs = Annotated[int, Meta(ge=0, le=(1 << 63) - 1)]
+#: Frames per second wanted by a group: one frame every 100 s up to 1000 fps; outside this the
+#: sampling grid (period = 1e9 / fps ns) would be 0 or overflow.
+Fps = Annotated[float, Meta(ge=0.01, le=1000.0, description="frames/s")]
+ShortText = Annotated[str, Meta(max_length=64)]
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """Base of every wire message. Subclasses set ``KIND`` and declare typed fields."""
+
+class Message(Struct, frozen=True, kw_only=True, tag_field="v", tag=SCHEMA_VERSION,
+              forbid_unknown_fields=True):
+    """Base of every wire message. Subclasses set ``KIND`` and declare typed fields.
+
+    The schema version is the Struct tag ``v``: msgspec writes it first in every header.
+    """
 
     KIND: ClassVar[bytes] = b""
-    #: Number of payload parts the message carries after its header.
+    #: Number of raw payload parts the message carries after its header.
     PAYLOAD_PARTS: ClassVar[int] = 0
 
-    def payload(self) -> list[Buffer]:
+    def payload_parts(self) -> list[Buffer]:
         return []
 
 
 # ---------------------------------------------------------------------------- frame bus
 
 
-@dataclass(frozen=True, slots=True)
-class Hello(Message):
-    """A frame-bus client announces itself (DEALER -> ROUTER) or a member joins fusion.
+class ClockStamps(Struct, array_like=True, frozen=True, gc=False):
+    """NTP symmetric-mode stamps carried on Hello, Welcome and Heartbeat, so each end of a link
+    estimates the other's wall-clock offset (:mod:`momentbus.ipc.clock`; RFC 5905 section 8):
+    ``org`` the peer's last ``xmt`` we received, ``rec`` when it arrived, ``xmt`` when this
+    message left (the sender's CLOCK_REALTIME, ns; 0 = none). On the wire ``[org, rec, xmt]``."""
 
-    ``policy`` is ``"every"`` (lossless, in order, backpressure on the source) or ``"latest"``
-    (newest frame on credit, skipped seqs reported as drops). ``fps`` is the group's wanted
-    sampling rate (``None``: every frame). ``encoding`` is ``"raw"`` or ``"jpeg"``.
+    org: WallNs
+    rec: WallNs
+    xmt: WallNs
+
+
+class Hello(Message, frozen=True, kw_only=True):
+    """A frame-bus client announces itself (DEALER -> ROUTER), or a member joins fusion.
+
+    A member is ``(group, instance, incarnation)``: ``instance`` numbers the processes of one
+    group (``extractor:GROUP#INSTANCE``), ``incarnation`` one run of that process (its start
+    time, ns: a restarted process is a newer incarnation of the same instance). To the frame bus
+    a Hello also means "start my session afresh: I hold no item"; ``last_seq`` is the highest
+    seq this process finished (-1: none), so a restarted daemon need not resend it.
+
+    ``policy``: ``every`` (lossless, in order, backpressure on the source) or ``latest`` (newest
+    frame on credit, skipped seqs reported as drops). ``fps``: the group's wanted sampling rate
+    (``None``: every frame). ``encoding``: how the member wants pixels.
     """
 
     KIND: ClassVar[bytes] = b"hello"
-    component: str
-    group: str
-    pid: int
-    policy: str = "every"
-    fps: float | None = None
-    encoding: str = "raw"
-    streams: list[str] = field(default_factory=lambda: ["video"])
+    component: Component
+    group: Name
+    pid: NonNegInt
+    instance: Annotated[int, Meta(ge=1, le=1024)] = 1
+    incarnation: NonNegInt = 0
+    last_seq: Annotated[int, Meta(ge=-1, le=1 << 62)] = -1
+    policy: Policy = "every"
+    fps: Fps | None = None
+    encoding: Encoding = "raw"
+    streams: Annotated[list[Stream], Meta(min_length=1, max_length=2)] = msgspec.field(
+        default_factory=lambda: ["video"])
+    clock: ClockStamps | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Welcome(Message):
-    """The daemon's answer to :class:`Hello`: what the source is."""
+class Welcome(Message, frozen=True, kw_only=True):
+    """The daemon's answer to :class:`Hello`: what the source is (``width``/``height`` 0 for an
+    audio-only source; ``duration_ns`` ``None`` when unknown or live)."""
 
     KIND: ClassVar[bytes] = b"welcome"
-    source_id: str
-    width: int
-    height: int
+    source_id: Name
+    width: Annotated[int, Meta(ge=0, le=16384)]
+    height: Annotated[int, Meta(ge=0, le=16384)]
     time_base: Fraction
-    duration_ns: int | None
+    duration_ns: NonNegInt | None
     live: bool
+    clock: ClockStamps | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Credit(Message):
-    """A client grants the server ``n`` more frames (ZeroMQ guide, credit-based flow control)."""
+class Rejoin(Message, frozen=True, kw_only=True):
+    """The daemon does not know the sender (it restarted, or dropped the member after a
+    silence): send :class:`Hello` again."""
+
+    KIND: ClassVar[bytes] = b"rejoin"
+    reason: ShortText = ""
+
+
+class Ack(Message, frozen=True, kw_only=True):
+    """A reliable link's receiver has durably handled every message of the sender's current
+    incarnation up to ``rseq``; ``incarnation`` is the *receiver's* (a new one tells the sender
+    to resend everything not acknowledged). See :mod:`momentbus.ipc.reliable`."""
+
+    KIND: ClassVar[bytes] = b"ack"
+    rseq: NonNegInt
+    incarnation: NonNegInt
+
+
+class Credit(Message, frozen=True, kw_only=True):
+    """A client grants the server ``n`` more items (ZeroMQ guide, credit-based flow control)."""
 
     KIND: ClassVar[bytes] = b"credit"
-    n: int
+    n: Annotated[int, Meta(ge=0, le=1_000_000)]
 
 
-@dataclass(frozen=True, slots=True)
-class Heartbeat(Message):
+class Heartbeat(Message, frozen=True, kw_only=True):
     """Liveness ping; ``wall_ns`` is the sender's CLOCK_REALTIME (for latency, never alignment)."""
 
     KIND: ClassVar[bytes] = b"hb"
-    component: str
-    wall_ns: int
+    component: Component
+    wall_ns: WallNs
+    clock: ClockStamps | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Frame(Message):
+class Gap(Struct, array_like=True, frozen=True, gc=False):
+    """Seqs ``first..last`` (inclusive) not sent to a recipient, and why; on the wire
+    ``[first, last, reason]``."""
+
+    first: Seq
+    last: Seq
+    reason: GapReason
+
+    def __post_init__(self) -> None:
+        if self.last < self.first:
+            raise ValueError("gap ends before it starts")
+
+
+class ShmRef(Struct, array_like=True, frozen=True, gc=False):
+    """Where a frame's pixels lie in the daemon's shared memory: ``[block name, byte offset]``."""
+
+    name: Annotated[str, Meta(pattern=r"^momentbus-[A-Za-z0-9_-]{1,64}$")]
+    offset: NonNegInt
+
+
+def _fields_equal(a: Message, b: object) -> bool:
+    """Equality of two messages over their header fields (raw payloads are not compared: an
+    array and the bytes it was sent as are the same message)."""
+    if type(a) is not type(b):
+        return False
+    return all(getattr(a, f) == getattr(b, f) for f in a.__struct_fields__ if f != "data")
+
+
+#: A source id on frames and audio chunks: checked for length here, and for equality with the
+#: source's :class:`Welcome` (whose id is a checked :data:`Name`) by the frame-bus client: a
+#: string compare per frame instead of a pattern match (``bench/schema.py``).
+StreamSourceId = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class Frame(Message, frozen=True, kw_only=True):
     """One decoded video frame.
 
-    Payload: one part, ``height*width*3`` bytes of BGR24 (``encoding="raw"``) or a JPEG file.
-    ``gaps`` lists the seqs the server decided *not* to send to this recipient since its previous
-    frame, as ``[first_seq, last_seq, reason]`` with reason ``"sampled"`` (group fps) or
-    ``"latest"`` (a newer frame superseded it: a drop).
+    Payload: one part, ``height*width*3`` bytes of BGR24 (``encoding="raw"``), a JPEG file
+    (``"jpeg"``), or empty with the pixels in shared memory at ``shm`` (``"shm"``). ``gaps``:
+    the seqs the server decided *not* to send to this recipient since its previous frame.
+    ``data`` holds the payload (an array, bytes or a zero-copy view); it is not a header field.
     """
 
     KIND: ClassVar[bytes] = b"frame"
     PAYLOAD_PARTS: ClassVar[int] = 1
-    source_id: str
-    seq: int
-    pts: int
+    source_id: StreamSourceId
+    seq: Seq
+    pts: TimeNs
     time_base: Fraction
-    t_ns: int
-    capture_wall_ns: int
-    width: int
-    height: int
-    encoding: str = "raw"
-    gaps: list[list[Any]] = field(default_factory=list)
-    #: ``[block name, byte offset]`` of the pixels in the daemon's shared memory
-    #: (``encoding="shm"``; the payload part is then empty).
-    shm: list[Any] = field(default_factory=list)
-    data: Any = field(default=b"", compare=False, repr=False)
+    t_ns: TimeNs
+    capture_wall_ns: WallNs
+    width: Dimension
+    height: Dimension
+    #: the live connection the frame came from (1, 2, ... after each reconnect; 0: a file)
+    generation: NonNegInt = 0
+    encoding: Encoding = "raw"
+    gaps: Annotated[list[Gap], Meta(max_length=100_000)] = []
+    shm: ShmRef | None = None
+    data: Any = None
 
-    def payload(self) -> list[Buffer]:
-        if self.encoding == "shm":
+    def __eq__(self, other: object) -> bool:
+        return _fields_equal(self, other)
+
+    def payload_parts(self) -> list[Buffer]:
+        if self.encoding == "shm" or self.data is None:
             return [b""]
         data = self.data
         if isinstance(data, np.ndarray):
@@ -147,22 +239,23 @@ class Frame(Message):
         if self.encoding == "shm":
             from .shm import attach_view
 
-            return attach_view(self.shm[0], self.shm[1], self.height, self.width)
+            assert self.shm is not None
+            return attach_view(self.shm.name, self.shm.offset, self.height, self.width)
         if self.encoding == "jpeg":
             import cv2
 
             img = cv2.imdecode(np.frombuffer(self.data, np.uint8), cv2.IMREAD_COLOR)
             if img is None or img.shape[:2] != (self.height, self.width):
-                raise DecodeError(f"frame {self.seq}: JPEG payload does not decode to the frame size")
+                raise DecodeError(f"frame {self.seq}: JPEG payload does not decode to the "
+                                  "frame size")
             return np.asarray(img, dtype=np.uint8)
         expected = self.height * self.width * 3
-        if len(self.data) != expected:
-            raise DecodeError(f"frame {self.seq}: payload {len(self.data)} B, expected {expected} B")
+        if self.data is None or len(self.data) != expected:
+            raise DecodeError(f"frame {self.seq}: payload does not match {expected} B")
         return np.frombuffer(self.data, np.uint8).reshape(self.height, self.width, 3)
 
 
-@dataclass(frozen=True, slots=True)
-class AudioChunk(Message):
+class AudioChunk(Message, frozen=True, kw_only=True):
     """A chunk of audio; ``t_ns`` is the time of its first sample.
 
     Payload: one part, ``n_samples*channels`` little-endian float32, interleaved.
@@ -170,19 +263,25 @@ class AudioChunk(Message):
 
     KIND: ClassVar[bytes] = b"audio"
     PAYLOAD_PARTS: ClassVar[int] = 1
-    source_id: str
-    seq: int
-    pts: int
+    source_id: StreamSourceId
+    seq: Seq
+    pts: TimeNs
     time_base: Fraction
-    t_ns: int
-    capture_wall_ns: int
-    sample_rate: int
-    channels: int
-    n_samples: int
-    data: Any = field(default=b"", compare=False, repr=False)
+    t_ns: TimeNs
+    capture_wall_ns: WallNs
+    sample_rate: Annotated[int, Meta(ge=1, le=384_000)]
+    channels: Annotated[int, Meta(ge=1, le=32)]
+    n_samples: Annotated[int, Meta(ge=0, le=10_000_000)]
+    generation: NonNegInt = 0
+    data: Any = None
 
-    def payload(self) -> list[Buffer]:
+    def __eq__(self, other: object) -> bool:
+        return _fields_equal(self, other)
+
+    def payload_parts(self) -> list[Buffer]:
         data = self.data
+        if data is None:
+            return [b""]
         if isinstance(data, np.ndarray):
             return [_as_memoryview(np.ascontiguousarray(data, dtype="<f4"))]
         return [data]
@@ -193,372 +292,346 @@ class AudioChunk(Message):
         Raises:
             DecodeError: the payload size does not match ``n_samples*channels``.
         """
-        arr = np.frombuffer(self.data, "<f4") if not isinstance(self.data, np.ndarray) else self.data
+        data = b"" if self.data is None else self.data
+        arr = data if isinstance(data, np.ndarray) else np.frombuffer(data, "<f4")
         if arr.size != self.n_samples * self.channels:
             raise DecodeError(f"audio chunk {self.seq}: {arr.size} samples, header says "
                               f"{self.n_samples}x{self.channels}")
         return arr.reshape(self.n_samples, self.channels)
 
 
+class StreamSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a muxer needs to write one encoded stream without its source container: the codec,
+    time base, codec extradata (H.264 SPS/PPS, AAC config), and geometry or audio layout."""
+
+    index: Annotated[int, Meta(ge=0, le=64)]
+    kind: MediaKind
+    codec: Annotated[str, Meta(pattern=r"^[a-z0-9_]{1,32}$")]
+    time_base: Fraction
+    extradata: Annotated[bytes, Meta(max_length=1 << 16)] = b""
+    width: Annotated[int, Meta(ge=0, le=16384)] = 0
+    height: Annotated[int, Meta(ge=0, le=16384)] = 0
+    pix_fmt: Annotated[str, Meta(max_length=32)] | None = None
+    frame_rate: Fraction | None = None
+    sample_rate: Annotated[int, Meta(ge=0, le=384_000)] = 0
+    layout: Annotated[str, Meta(max_length=32)] | None = None
+    sample_format: Annotated[str, Meta(max_length=32)] | None = None
+
+
+class StreamInfo(Message, frozen=True, kw_only=True):
+    """A live connection (``generation``) began, or ended (``ended``): the streams its packets
+    belong to. Sent on the ``packets`` stream before the generation's first packet (again to a
+    member that joins later), and at its end; ``seq`` shares the packets' counter."""
+
+    KIND: ClassVar[bytes] = b"streams"
+    source_id: StreamSourceId
+    seq: Seq
+    t_ns: TimeNs
+    generation: NonNegInt
+    streams: Annotated[list[StreamSpec], Meta(min_length=1, max_length=16)]
+    #: the generation ended (a disconnect): no packet of it follows; a clip waiting for its
+    #: post-roll is cut short at the disconnect instead of waiting for an outage to end
+    ended: bool = False
+
+
+class Packet(Message, frozen=True, kw_only=True):
+    """One encoded packet of a live source, at full quality, for the clip role's ring buffer.
+
+    ``pts``/``dts``/``duration`` in ``time_base`` exactly as the source gave them (``None``:
+    missing, as RTSP's first packets; ``duration`` 0: unknown); ``t_ns``: the live clock's time of
+    its dts. Payload: one part, the packet's bytes.
+    """
+
+    KIND: ClassVar[bytes] = b"packet"
+    PAYLOAD_PARTS: ClassVar[int] = 1
+    source_id: StreamSourceId
+    seq: Seq
+    generation: NonNegInt
+    stream_index: Annotated[int, Meta(ge=0, le=64)]
+    kind: MediaKind
+    pts: TimeNs | None
+    dts: TimeNs | None
+    duration: Annotated[int, Meta(ge=0, le=1 << 40)] = 0
+    time_base: Fraction
+    keyframe: bool = False
+    t_ns: TimeNs
+    data: Any = None
+
+    def __eq__(self, other: object) -> bool:
+        return _fields_equal(self, other)
+
+    def payload_parts(self) -> list[Buffer]:
+        return [b"" if self.data is None else self.data]
+
+
 # ---------------------------------------------------------------------------- observations
 
 
-@dataclass(frozen=True, slots=True)
-class Watermark(Message):
+class Watermark(Message, frozen=True, kw_only=True):
     """``component`` (a member of ``group``) promises nothing more at or before ``t_ns``."""
 
     KIND: ClassVar[bytes] = b"wm"
-    source_id: str
-    group: str
-    component: str
-    t_ns: int
+    source_id: Name
+    group: Name
+    component: Component
+    t_ns: TimeNs
 
 
-@dataclass(frozen=True, slots=True)
-class Obs(Message):
-    """Base of the typed observations. An empty result list means *looked, found nothing*.
+class Obs(Message, frozen=True, kw_only=True):
+    """One observation: what a member of ``group`` saw at ``t_ns`` (a frame's time, or a speech
+    segment's start), as a typed ``payload`` whose ``kind`` tag names the extractor kind. An
+    empty payload list means *looked, found nothing*.
 
-    ``watermark_ns`` is the sender's watermark after this observation (``t_ns`` for extractors
-    with no lateness): the observation and the watermark travel as one message.
+    ``watermark_ns`` is the sender's watermark after this observation: the observation and the
+    watermark travel as one message. ``latency_ns``: capture to sending, on the sender's wall
+    clock with the capture stamp (the daemon's) moved to it by the measured clock offset.
     """
 
     KIND: ClassVar[bytes] = b"obs"
-    OBS_KIND: ClassVar[str] = ""
-    source_id: str
-    group: str
-    component: str
-    seq: int
-    t_ns: int
-    watermark_ns: int
-    latency_ns: int = 0
+    source_id: Name
+    group: Name
+    component: Component
+    seq: Seq
+    t_ns: TimeNs
+    watermark_ns: TimeNs
+    payload: AnyPayload
+    latency_ns: Annotated[int, Meta(ge=-(1 << 62), le=1 << 62)] = 0
+    #: the sender's CLOCK_REALTIME when it sent this (ns; 0: not given): with the link's clock
+    #: offset, the receiver tells how long it travelled
+    sent_wall_ns: WallNs = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.payload, SpeechSegment) and self.payload.t_end_ns < self.t_ns:
+            raise ValueError("speech segment ends before it starts (t_end_ns < t_ns)")
+
+    @property
+    def kind(self) -> str:
+        """The payload's kind (``face``, ``pose``, ``gesture``, ``quality``, ``speech``)."""
+        return self.payload.KIND
 
 
-@dataclass(frozen=True, slots=True)
-class FaceObs(Obs):
-    """Faces in one frame. Each face is a map with ``track_id`` (int), ``box`` ([x0, y0, x1, y1]
-    normalised to [0, 1]), ``score`` ([0, 1]), ``landmarks`` (5 x [x, y] normalised: eyes, nose,
-    mouth corners), ``yaw``/``pitch``/``roll`` (degrees), ``expression`` (7 emotion scores in
-    [0, 1] summing to 1) and ``area_ratio`` (box area / frame area)."""
-
-    OBS_KIND: ClassVar[str] = "face"
-    faces: list[dict[str, Any]] = field(default_factory=list)
+EvidenceScalar = Union[str, int, float, bool, None]
+EvidenceValue = Union[EvidenceScalar, list[EvidenceScalar]]
 
 
-@dataclass(frozen=True, slots=True)
-class QualityObs(Obs):
-    """Image quality of one frame: ``blur`` (variance of the Laplacian of the gray image, higher
-    is sharper), ``brightness`` and ``contrast`` (mean and std of gray, in [0, 1]),
-    ``clipped_dark``/``clipped_bright`` (fraction of pixels at <= 2 / >= 253) and ``gate``
-    (usable for analysis)."""
+class Evidence(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Why a rule fired: one observation (kind, member, seq, t_ns) and the values it read."""
 
-    OBS_KIND: ClassVar[str] = "quality"
-    blur: float = 0.0
-    brightness: float = 0.0
-    contrast: float = 0.0
-    clipped_dark: float = 0.0
-    clipped_bright: float = 0.0
-    gate: bool = True
+    kind: ShortText
+    component: Annotated[str, Meta(max_length=128)] = ""
+    seq: Annotated[int, Meta(ge=-1, le=1 << 62)]
+    t_ns: TimeNs
+    values: Annotated[dict[ShortText, EvidenceValue], Meta(max_length=64)] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class PoseObs(Obs):
-    """People in one frame. Each person is a map with ``box`` ([x0, y0, x1, y1] normalised),
-    ``score`` ([0, 1]), ``keypoints`` (17 x [x, y, visibility] in COCO order: nose, eyes, ears,
-    shoulders, elbows, wrists, hips, knees, ankles, left before right) and
-    ``left_hand_raised``/``right_hand_raised`` (the person's own left/right)."""
-
-    OBS_KIND: ClassVar[str] = "pose"
-    persons: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class GestureObs(Obs):
-    """Hands in one frame. Each hand is a map with ``handedness`` (``"left"``/``"right"``, the
-    person's own hand), ``landmarks`` (21 x [x, y, z], MediaPipe hand topology, x/y normalised),
-    ``gesture`` (open_palm, v_sign, thumbs_up, ok, pointing, fist, none) and ``score``."""
-
-    OBS_KIND: ClassVar[str] = "gesture"
-    hands: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class SpeechObs(Obs):
-    """One speech segment ``[t_ns, t_end_ns]`` on the source clock: ``text``, ``words`` (maps
-    with ``word``, ``t_ns``, ``t_end_ns``, ``probability``), ``language`` and ``final``."""
-
-    OBS_KIND: ClassVar[str] = "speech"
-    t_end_ns: int = 0
-    text: str = ""
-    words: list[dict[str, Any]] = field(default_factory=list)
-    language: str = ""
-    final: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Trig(Message):
+class Trig(Message, frozen=True, kw_only=True):
     """A fired trigger. Window ``[t_start_ns, t_end_ns]`` includes pre- and post-roll;
-    ``t_event_ns`` is the onset of the condition. ``evidence`` items are maps with at least
-    ``kind``, ``seq``, ``t_ns`` and the values that made the rule fire; ``missing`` lists the
-    groups that were absent when it fired."""
+    ``t_event_ns`` is the onset of the condition; ``missing`` lists the groups that were absent
+    when it fired."""
 
     KIND: ClassVar[bytes] = b"trig"
-    rule: str
-    rule_kind: str
-    source_id: str
-    t_event_ns: int
-    t_start_ns: int
-    t_end_ns: int
-    score: float
-    evidence: list[dict[str, Any]] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
+    rule: Name
+    rule_kind: ShortText
+    source_id: Name
+    #: The trigger's ordinal in its run (1, 2, ...), assigned by fusion in event-time order of
+    #: release; deterministic, so a clip named from it is the same clip after any restart.
+    index: Annotated[int, Meta(ge=0, le=1 << 32)] = 0
+    t_event_ns: TimeNs
+    t_start_ns: TimeNs
+    t_end_ns: TimeNs
+    score: Annotated[float, Meta(ge=-1e9, le=1e9)]
+    evidence: Annotated[list[Evidence], Meta(max_length=1000)] = []
+    missing: Annotated[list[Name], Meta(max_length=64)] = []
+
+    def __post_init__(self) -> None:
+        if self.t_start_ns > self.t_end_ns:
+            raise ValueError("t_start_ns after t_end_ns")
 
 
-@dataclass(frozen=True, slots=True)
-class Eof(Message):
+class Eof(Message, frozen=True, kw_only=True):
     """End of stream from ``component``: nothing more will follow for ``source_id``.
 
     ``last_seq``/``t_end_ns`` are the last frame read (``-1``/``0`` for an empty source);
     ``gaps`` as in :class:`Frame`, for seqs skipped after the recipient's last frame."""
 
     KIND: ClassVar[bytes] = b"eof"
-    source_id: str
-    component: str
-    last_seq: int
-    t_end_ns: int
-    reason: str = "end_of_stream"
-    gaps: list[list[Any]] = field(default_factory=list)
+    source_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{0,64}$")]
+    component: Component
+    last_seq: Annotated[int, Meta(ge=-1, le=1 << 62)]
+    t_end_ns: TimeNs
+    reason: ShortText = "end_of_stream"
+    gaps: Annotated[list[Gap], Meta(max_length=100_000)] = []
 
 
-@dataclass(frozen=True, slots=True)
-class TraceRecord(Message):
+class TraceRecord(Message, frozen=True, kw_only=True):
     """One trace record (see :mod:`momentbus.traces.records`): ``record`` type plus fields."""
 
     KIND: ClassVar[bytes] = b"trace"
-    record: str
-    fields: dict[str, Any] = field(default_factory=dict)
+    record: Annotated[str, Meta(pattern=r"^[a-z_]{1,32}$")]
+    fields: dict[str, Any] = {}
 
 
 # ---------------------------------------------------------------------------- codec
 
-MESSAGE_TYPES: dict[bytes, type[Message]] = {
-    cls.KIND: cls
-    for cls in (Hello, Welcome, Credit, Heartbeat, Frame, AudioChunk, Watermark, Trig, Eof,
-                TraceRecord)
-}
-OBS_TYPES: dict[str, type[Obs]] = {
-    cls.OBS_KIND: cls for cls in (FaceObs, QualityObs, PoseObs, GestureObs, SpeechObs)}
+MESSAGE_TYPES: Final[dict[bytes, type[Message]]] = {
+    cls.KIND: cls for cls in (Hello, Welcome, Rejoin, Credit, Heartbeat, Frame, AudioChunk,
+                              StreamInfo, Packet, Watermark, Obs, Trig, Eof, TraceRecord, Ack)}
 
 
-def register_obs(cls: type[Obs]) -> type[Obs]:
-    """Register an :class:`Obs` subclass so it can be decoded (explicit, no import magic)."""
-    if not cls.OBS_KIND:
-        raise ValueError(f"{cls.__name__} has no OBS_KIND")
-    OBS_TYPES[cls.OBS_KIND] = cls
-    return cls
-
-
-_FIELDS_CACHE: dict[type, list[tuple[str, Any, bool]]] = {}
-
-
-def _fields(cls: type[Message]) -> list[tuple[str, Any, bool]]:
-    """(name, type, required) for the header fields of ``cls`` (payload field ``data`` excluded)."""
-    cached = _FIELDS_CACHE.get(cls)
-    if cached is None:
-        hints = typing.get_type_hints(cls)
-        cached = []
-        for f in dataclasses.fields(cls):
-            if f.name == "data":
-                continue
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            cached.append((f.name, hints[f.name], required))
-        _FIELDS_CACHE[cls] = cached
-    return cached
-
-
-def _pack_value(value: Any) -> Any:
-    if isinstance(value, Fraction):
-        return [value.numerator, value.denominator]
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        return value.item()
-    return value
-
-
-def _msgpack_default(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
+def _enc_hook(obj: Any) -> Any:
     if isinstance(obj, Fraction):
         return [obj.numerator, obj.denominator]
-    raise TypeError(f"cannot encode {type(obj).__name__}")
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return obj.item()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+#: Largest time_base denominator accepted: 2^31, FFmpeg's AVRational range.
+_MAX_DEN = 1 << 31
+#: Time bases seen (a source has one or two): building a Fraction costs 0.4 us, a lookup 0.05.
+_TIME_BASES: dict[tuple[int, int], Fraction] = {}
+
+
+def _dec_hook(tp: type, obj: Any) -> Any:
+    if tp is Fraction:
+        if (type(obj) is list and len(obj) == 2 and type(obj[0]) is int and type(obj[1]) is int
+                and 0 < obj[0] <= _MAX_DEN and 0 < obj[1] <= _MAX_DEN):
+            key = (obj[0], obj[1])
+            tb = _TIME_BASES.get(key)
+            if tb is None:
+                tb = Fraction(*key)
+                if len(_TIME_BASES) < 256:
+                    _TIME_BASES[key] = tb
+            return tb
+        raise ValueError(f"expected a time base [num, den] with 0 < num, den <= 2^31, got {obj!r}")
+    raise NotImplementedError(f"no decoder for {tp!r}")
+
+
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_DECODERS: dict[bytes, msgspec.msgpack.Decoder[Any]] = {
+    kind: msgspec.msgpack.Decoder(cls, dec_hook=_dec_hook) for kind, cls in MESSAGE_TYPES.items()}
+#: The bytes every current header starts with after the map length: key ``v``, then the version
+#: as a positive fixint (msgspec writes the tag field first).
+_VERSION_PREFIX: Final = b"\xa1v" + bytes([SCHEMA_VERSION])
 
 
 def encode(msg: Message) -> list[Buffer]:
     """Multipart frames ``[kind, header, *payload]`` for ``msg``. Payload parts are not copied."""
-    header: dict[str, Any] = {"v": SCHEMA_VERSION}
-    if isinstance(msg, Obs):
-        header["obs_kind"] = msg.OBS_KIND
-    for name, _tp, _req in _fields(type(msg)):
-        header[name] = _pack_value(getattr(msg, name))
-    packed = msgpack.packb(header, use_bin_type=True, default=_msgpack_default)
-    return [msg.KIND, packed, *msg.payload()]
-
-
-def _check(name: str, tp: Any, value: Any) -> Any:
-    """Validate (and convert) one header value against its declared type."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check(name, arg, value)
-            except DecodeError as e:
-                errors.append(str(e))
-        raise DecodeError("; ".join(errors))
-    if tp is Any:
-        return value
-    if tp is Fraction:
-        if (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)
-                and value[1] > 0):
-            return Fraction(value[0], value[1])
-        raise DecodeError(f"field {name!r}: expected [num, den] with den > 0, got {value!r}")
-    if tp is bool:
-        if type(value) is bool:
-            return value
-        raise DecodeError(f"field {name!r}: expected bool, got {type(value).__name__}")
-    if tp is int:
-        if type(value) is int:
-            return value
-        raise DecodeError(f"field {name!r}: expected int, got {type(value).__name__}")
-    if tp is float:
-        if type(value) in (float, int):
-            return float(value)
-        raise DecodeError(f"field {name!r}: expected float, got {type(value).__name__}")
-    if tp is str:
-        if type(value) is str:
-            return value
-        raise DecodeError(f"field {name!r}: expected str, got {type(value).__name__}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise DecodeError(f"field {name!r}: expected list, got {type(value).__name__}")
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        return [_check(f"{name}[]", item_tp, v) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict) or not all(type(k) is str for k in value):
-            raise DecodeError(f"field {name!r}: expected a map with string keys")
-        return value
-    raise DecodeError(f"field {name!r}: unsupported declared type {tp!r}")  # pragma: no cover
+    header = msgspec.structs.replace(msg, data=None) if msg.PAYLOAD_PARTS else msg
+    return [msg.KIND, _ENCODER.encode(header), *msg.payload_parts()]
 
 
 def decode(parts: list[Any]) -> Message:
-    """Validate and decode a multipart message (``bytes`` or ``zmq.Frame`` parts).
+    """Validate and decode a multipart message (``bytes``/``memoryview`` or ``zmq.Frame`` parts).
 
     Raises:
-        UnknownKindError: the kind tag is not known.
-        SchemaVersionError: the header's ``v`` is not :data:`SCHEMA_VERSION`.
+        UnknownKindError: the kind tag, or an observation's payload kind, is not known.
+        SchemaVersionError: the header's ``v`` is missing or not :data:`SCHEMA_VERSION`.
         OversizeError: the header or a payload part is over its limit.
-        DecodeError: anything else malformed (bad MessagePack, missing/mistyped field, wrong
-            number of parts).
+        DecodeError: anything else malformed (bad MessagePack, a missing, unknown, mistyped or
+            out-of-range field, the wrong number of parts); the message names the field.
     """
     if len(parts) < 2:
         raise DecodeError(f"expected [kind, header, ...], got {len(parts)} part(s)")
-    kind = _as_bytes(parts[0])
-    cls = MESSAGE_TYPES.get(kind) if kind != b"obs" else Obs
-    if cls is None:
+    kind = parts[0] if type(parts[0]) is bytes else _as_bytes(parts[0])
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
         raise UnknownKindError(f"unknown message kind {kind[:32]!r}")
-    header_bytes = _as_buffer(parts[1])
-    if len(header_bytes) > MAX_HEADER_BYTES:
-        raise OversizeError(f"header of {len(header_bytes)} B exceeds {MAX_HEADER_BYTES} B")
-    try:
-        header = msgpack.unpackb(header_bytes, raw=False, strict_map_key=True)
-    except Exception as e:  # msgpack raises several unrelated types
-        raise DecodeError(f"header is not valid MessagePack: {e}") from None
-    if not isinstance(header, dict):
-        raise DecodeError("header is not a map")
-    version = header.get("v")
-    if type(version) is not int or version != SCHEMA_VERSION:
-        raise SchemaVersionError(f"schema version {version!r} not supported "
-                                 f"(this build speaks {SCHEMA_VERSION})")
-    if cls is Obs:
-        obs_kind = header.get("obs_kind")
-        if not isinstance(obs_kind, str) or obs_kind not in OBS_TYPES:
-            raise UnknownKindError(f"unknown observation kind {obs_kind!r}")
-        cls = OBS_TYPES[obs_kind]
+    cls = MESSAGE_TYPES[kind]
+    header = parts[1] if type(parts[1]) is bytes else _as_buffer(parts[1])
+    if len(header) > MAX_HEADER_BYTES:
+        raise OversizeError(f"header of {len(header)} B exceeds {MAX_HEADER_BYTES} B")
+    # fast path: a fixmap whose first key is v = SCHEMA_VERSION (every header msgspec writes
+    # with up to 15 fields); anything else gets the full check
+    if not (len(header) > 3 and 0x80 <= header[0] <= 0x8F
+            and header[1:4] == _VERSION_PREFIX):
+        _check_version(header)
     payload = parts[2:]
     if len(payload) != cls.PAYLOAD_PARTS:
         raise DecodeError(f"{cls.__name__}: expected {cls.PAYLOAD_PARTS} payload part(s), "
                           f"got {len(payload)}")
-    kwargs: dict[str, Any] = {}
-    for name, tp, required in _fields(cls):
-        if name not in header:
-            if required:
-                raise DecodeError(f"{cls.__name__}: missing field {name!r}")
-            continue
-        kwargs[name] = _check(name, tp, header[name])
+    try:
+        msg: Message = decoder.decode(header)
+    except msgspec.ValidationError as e:
+        raise _validation_error(cls, e) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # the latter: bad UTF-8 in a str
+        raise DecodeError(f"{cls.__name__}: header is not valid MessagePack: {e}") from None
     if cls.PAYLOAD_PARTS:
         buf = _as_buffer(payload[0])
         if len(buf) > MAX_PAYLOAD_BYTES:
             raise OversizeError(f"payload of {len(buf)} B exceeds {MAX_PAYLOAD_BYTES} B")
-        kwargs["data"] = buf
-    try:
-        msg = cls(**kwargs)
-    except TypeError as e:  # pragma: no cover - fields are checked above
-        raise DecodeError(str(e)) from None
-    _validate_values(msg)
+        msgspec.structs.force_setattr(msg, "data", buf)
+        _check_payload(msg, buf)
     return msg
 
 
-def _validate_values(msg: Message) -> None:
-    """Range checks that types alone do not express."""
+def _check_version(header: Buffer) -> None:
+    """The version check, before any field is read: a fast prefix test, else a full parse."""
+    first = header[0] if len(header) else 0
+    offset = 1 if 0x80 <= first <= 0x8F else 3 if first == 0xDE else 5 if first == 0xDF else -1
+    if offset > 0 and bytes(header[offset:offset + 3]) == _VERSION_PREFIX:
+        return
+    try:
+        doc = msgspec.msgpack.decode(header)
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise DecodeError(f"header is not valid MessagePack: {e}") from None
+    if not isinstance(doc, dict):
+        raise DecodeError("header is not a map")
+    version = doc.get("v")
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise SchemaVersionError(f"schema version {version!r} not supported "
+                                 f"(this build speaks {SCHEMA_VERSION})")
+
+
+_AT = re.compile(r" - at `\$\.?(.*)`$")
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]+)`")
+
+
+def _validation_error(cls: type[Message], err: msgspec.ValidationError) -> DecodeError:
+    """msgspec's message (``Expected `int`, got `str` - at `$.seq```) as a DecodeError naming
+    the field as ``'seq'`` (nested: ``'payload.faces[0].box'``)."""
+    text = str(err)
+    m = _AT.search(text)
+    path = m.group(1) if m else ""
+    text = text[: m.start()] if m else text
+    missing = _MISSING.match(text)
+    unknown = _UNKNOWN.match(text)
+    if missing:
+        field = f"{path}.{missing.group(1)}" if path else missing.group(1)
+        if field == "payload.kind":
+            return UnknownKindError(f"{cls.__name__}: field 'payload.kind' missing: an "
+                                    "observation must name its payload kind")
+        return DecodeError(f"{cls.__name__}: missing field {field!r}")
+    if unknown:
+        field = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+        return DecodeError(f"{cls.__name__}: unknown field {field!r}")
+    if path == "payload.kind":
+        return UnknownKindError(f"{cls.__name__}: field 'payload.kind': unknown observation "
+                                f"kind ({text[:1].lower()}{text[1:]})")
+    where = f"field {path!r}: " if path else ""
+    return DecodeError(f"{cls.__name__}: {where}{text[:1].lower()}{text[1:]}")
+
+
+def _check_payload(msg: Message, buf: Buffer) -> None:
+    """Payload checks that need the raw part (the header alone cannot say)."""
     if isinstance(msg, Frame):
-        if msg.width <= 0 or msg.height <= 0 or msg.seq < 0:
-            raise DecodeError(f"frame: bad geometry or seq ({msg.width}x{msg.height}, {msg.seq})")
-        if msg.encoding == "raw" and len(msg.data) != msg.width * msg.height * 3:
-            raise DecodeError(f"frame {msg.seq}: raw payload {len(msg.data)} B does not match "
+        if (msg.encoding == "shm") != (msg.shm is not None):
+            raise DecodeError(f"frame {msg.seq}: encoding 'shm' goes with an shm reference, "
+                              "and only it")
+        if msg.encoding == "raw" and len(buf) != msg.width * msg.height * 3:
+            raise DecodeError(f"frame {msg.seq}: raw payload {len(buf)} B does not match "
                               f"{msg.width}x{msg.height}x3")
-        if msg.encoding == "shm" and not (len(msg.shm) == 2 and isinstance(msg.shm[0], str)
-                                          and type(msg.shm[1]) is int and msg.shm[1] >= 0):
-            raise DecodeError(f"frame {msg.seq}: shm needs [name, offset]")
-        if msg.encoding not in ("raw", "jpeg", "shm"):
-            raise DecodeError(f"frame {msg.seq}: unknown encoding {msg.encoding!r}")
+        if msg.encoding == "shm" and len(buf):
+            raise DecodeError(f"frame {msg.seq}: shm frame with a payload")
+        if msg.encoding == "jpeg" and not len(buf):
+            raise DecodeError(f"frame {msg.seq}: empty JPEG payload")
     elif isinstance(msg, AudioChunk):
-        if msg.sample_rate <= 0 or msg.channels <= 0 or msg.n_samples < 0:
-            raise DecodeError("audio chunk: bad rate/channels/samples")
-        if len(msg.data) != msg.n_samples * msg.channels * 4:
+        if len(buf) != msg.n_samples * msg.channels * 4:
             raise DecodeError(f"audio chunk {msg.seq}: payload does not match header")
-    elif isinstance(msg, Credit):
-        if not 0 <= msg.n <= 1_000_000:
-            raise DecodeError(f"credit out of range: {msg.n}")
-    elif isinstance(msg, Hello):
-        if msg.policy not in ("every", "latest"):
-            raise DecodeError(f"hello: unknown policy {msg.policy!r}")
-        if msg.encoding not in ("raw", "jpeg", "shm"):
-            raise DecodeError(f"hello: unknown encoding {msg.encoding!r}")
-        if msg.fps is not None and not msg.fps > 0:
-            raise DecodeError(f"hello: fps must be > 0, got {msg.fps!r}")
-    elif isinstance(msg, FaceObs):
-        for face in msg.faces:
-            if not isinstance(face, dict) or not isinstance(face.get("box"), list):
-                raise DecodeError("face obs: every face needs a 'box'")
-    elif isinstance(msg, PoseObs):
-        for person in msg.persons:
-            if not isinstance(person, dict) or not isinstance(person.get("keypoints"), list):
-                raise DecodeError("pose obs: every person needs 'keypoints'")
-    elif isinstance(msg, GestureObs):
-        for hand in msg.hands:
-            if not isinstance(hand, dict) or not isinstance(hand.get("landmarks"), list):
-                raise DecodeError("gesture obs: every hand needs 'landmarks'")
-    elif isinstance(msg, SpeechObs):
-        if msg.t_end_ns < msg.t_ns:
-            raise DecodeError("speech obs: t_end_ns before t_ns")
-    elif isinstance(msg, Trig):
-        if msg.t_start_ns > msg.t_end_ns:
-            raise DecodeError("trig: t_start_ns after t_end_ns")
+    elif isinstance(msg, Packet):
+        if not len(buf):
+            raise DecodeError(f"packet {msg.seq}: empty payload")
 
 
 def _as_memoryview(arr: NDArray[Any]) -> memoryview:
@@ -583,12 +656,28 @@ def _as_buffer(part: Any) -> Buffer:
     raise DecodeError(f"message part of type {type(part).__name__}")
 
 
+def _json_hook(obj: Any) -> Any:
+    if isinstance(obj, Fraction):
+        return f"{obj.numerator}/{obj.denominator}"
+    return _enc_hook(obj)
+
+
 def to_json_dict(msg: Message) -> dict[str, Any]:
-    """Header fields as a JSON-friendly dict (Fractions as ``"num/den"``), no payload."""
-    out: dict[str, Any] = {}
+    """Header fields as JSON-ready builtins (Fractions as ``"num/den"``), no version, no payload
+    bytes. An :class:`Obs` is flattened: ``kind`` first, then its fields and its payload's."""
+    if msg.PAYLOAD_PARTS:
+        msg = msgspec.structs.replace(msg, data=None)
+    out: dict[str, Any] = msgspec.to_builtins(msg, enc_hook=_json_hook)
+    out.pop("v", None)
+    out.pop("data", None)
     if isinstance(msg, Obs):
-        out["kind"] = msg.OBS_KIND
-    for name, _tp, _req in _fields(type(msg)):
-        value = getattr(msg, name)
-        out[name] = str(value) if isinstance(value, Fraction) else _pack_value(value)
+        payload = out.pop("payload")
+        return {"kind": payload.pop("kind"), **out, **payload}
+    return out
+
+
+def payload_fields(payload: Payload) -> dict[str, Any]:
+    """A payload's fields as JSON-ready builtins, without its ``kind`` tag."""
+    out: dict[str, Any] = msgspec.to_builtins(payload, enc_hook=_json_hook)
+    out.pop("kind", None)
     return out

@@ -8,7 +8,7 @@ still holds its frame (the server counts references); it is reused only when the
 returned with the member's credit, so a frame is never overwritten while a reader holds it. A
 member that dies or times out gives its leases back when the server removes it.
 
-Measured here (ENVIRONMENT.md): in-place shared-memory readers reach ~2,100 frames/s at 1080p,
+Measured by ``bench/transport.py``: in-place shared-memory readers reach ~2,100 frames/s at 1080p,
 against ~240 for raw pyzmq over ipc: the bus is the bottleneck for pixels, not for headers.
 """
 
@@ -78,7 +78,14 @@ class SlotRing:
         elif self.refs[slot] < 0:  # pragma: no cover - a bookkeeping bug must be loud
             raise RuntimeError(f"slot {slot} released more often than held")
 
+    def __enter__(self) -> SlotRing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Unmap and unlink the block (idempotent)."""
         try:
             self.shm.close()
         except BufferError:  # a view is still referenced; the mapping goes with the process

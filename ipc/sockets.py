@@ -1,22 +1,29 @@
 """Socket wrappers: the only place (with the frame bus) that calls ZeroMQ.
 
 Sockets are created in the thread/process that uses them and closed with ``linger=0`` unless a
-caller asks for a flush window (trace records at exit). Every send and receive goes through
-:func:`send` / :func:`recv`, so every message on the wire is a typed, validated
-:class:`~momentbus.ipc.schema.Message`.
+caller asks for a flush window (trace records at exit); pyzmq sockets are context managers
+(``with bind(...) as sock:`` closes them). Every send and receive goes through :func:`send`,
+:func:`recv` or a :class:`Receiver`, so every message on the wire is a typed, validated
+:class:`~momentbus.ipc.schema.Message`. Every socket made here is tracked (:func:`open_sockets`)
+so the test suite fails a test that leaves one open, as pyzmq's own conftest does.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from typing import Any
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlparse
 
 import zmq
 
 from .errors import DecodeError
 from .schema import Message, decode, encode
+from .security import RoleSecurity
+
+M = TypeVar("M", bound=Message)
 
 #: Send/receive high-water mark for message sockets (messages). Frames never queue here: the
 #: frame bus's credits bound them. 1000 observations ~ 40 s of one extractor at 25 fps.
@@ -29,32 +36,76 @@ def context() -> zmq.Context[Any]:
     return ctx
 
 
+_made: weakref.WeakSet[zmq.Socket[Any]] = weakref.WeakSet()
+
+
 def make_socket(kind: int, *, hwm: int = DEFAULT_HWM, linger_ms: int = 0) -> zmq.Socket[Any]:
+    """A socket of ``kind`` with ``linger_ms`` and both high-water marks set to ``hwm``."""
     sock: zmq.Socket[Any] = context().socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
+    _made.add(sock)
     return sock
 
 
+def open_sockets() -> list[zmq.Socket[Any]]:
+    """Sockets made by this module in this process and not closed yet (leak checks)."""
+    return [s for s in list(_made) if not s.closed]
+
+
+_security: RoleSecurity = RoleSecurity()
+
+
+def use_security(security: RoleSecurity) -> RoleSecurity:
+    """Install this process's :class:`~momentbus.ipc.security.RoleSecurity` (CURVE keys or the
+    bind policy) for every later :func:`bind` and :func:`connect`; returns the previous one."""
+    global _security
+    previous, _security = _security, security
+    return previous
+
+
+def security() -> RoleSecurity:
+    """This process's :class:`~momentbus.ipc.security.RoleSecurity`."""
+    return _security
+
+
 def bind(kind: int, address: str, **kw: Any) -> zmq.Socket[Any]:
-    """A socket of ``kind`` bound to ``address`` (``ipc://PATH`` or ``tcp://HOST:PORT``).
+    """A socket of ``kind`` bound to ``address`` (``ipc://PATH`` or ``tcp://HOST:PORT``), a
+    CURVE server when the process holds keys (:func:`use_security`).
 
     Raises:
         zmq.ZMQError: the address is in use or malformed (callers turn it into a user error).
+        SecurityError: a non-loopback bind without keys or ``--insecure``, or unusable keys.
     """
     sock = make_socket(kind, **kw)
     try:
+        _security.before_bind(sock, address)
         sock.bind(address)
-    except zmq.ZMQError:
+    except BaseException:
         sock.close(0)
         raise
     return sock
 
 
-def connect(kind: int, address: str, **kw: Any) -> zmq.Socket[Any]:
+def connect(kind: int, address: str, *,
+            before_connect: Callable[[zmq.Socket[Any]], None] | None = None,
+            **kw: Any) -> zmq.Socket[Any]:
+    """A socket of ``kind`` connected to ``address``, a CURVE client when the process holds
+    keys (:func:`use_security`); ``before_connect(sock)`` runs just before (a monitor).
+
+    Raises:
+        SecurityError: unusable keys.
+    """
     sock = make_socket(kind, **kw)
-    sock.connect(address)
+    try:
+        _security.before_connect(sock, address)
+        if before_connect is not None:
+            before_connect(sock)
+        sock.connect(address)
+    except BaseException:
+        sock.close(0)
+        raise
     return sock
 
 
@@ -75,6 +126,18 @@ def try_send(sock: zmq.Socket[Any], msg: Message) -> bool:
     return True
 
 
+def peer_address(frame: Any) -> str:
+    """The IP address a received TCP frame came from, ``"local"`` over ``ipc://`` (libzmq
+    gives ``localhost:UID:GID:PID`` there), ``""`` when unknown."""
+    try:
+        value = frame.get("Peer-Address")
+    except (zmq.ZMQError, AttributeError, TypeError):
+        return ""
+    if not isinstance(value, str):
+        return ""
+    return "local" if value.startswith("localhost:") else value
+
+
 def recv(sock: zmq.Socket[Any], *, router: bool = False, flags: int = 0) -> tuple[bytes | None, Message]:
     """Receive and decode one message; ``(identity, msg)`` (``identity`` only for ROUTER).
 
@@ -82,14 +145,78 @@ def recv(sock: zmq.Socket[Any], *, router: bool = False, flags: int = 0) -> tupl
         DecodeError: the message is malformed (the caller counts and traces it, and goes on).
         zmq.Again: with ``flags=zmq.NOBLOCK`` and nothing queued.
     """
+    identity, _, msg = _recv(sock, router, flags)
+    return identity, msg
+
+
+def _recv(sock: zmq.Socket[Any], router: bool, flags: int) -> tuple[bytes | None, str, Message]:
     parts = sock.recv_multipart(flags=flags, copy=False)
     identity = None
+    address = ""
     if router:
         if len(parts) < 2:
             raise DecodeError("router message without identity")
         identity = parts[0].bytes
+        address = peer_address(parts[0])
         parts = parts[1:]
-    return identity, decode(parts)
+    return identity, address, decode(parts)
+
+
+class Receiver(Generic[M]):
+    """The one receive loop: poll, receive, decode, and count what is malformed or unexpected.
+
+    ``recv`` returns the next message of an accepted type, or ``None`` once ``timeout_ms`` passed
+    with none. A malformed message (any :class:`DecodeError`), or a well-formed one of a type the
+    receiver does not accept, is counted by error type in :attr:`bad`, handed to ``on_bad`` (which
+    traces the first of each type) and skipped: it never ends the loop.
+
+    Args:
+        sock: a bound or connected socket (PULL, DEALER, ...; ROUTER with ``router=True``).
+        accept: the message types this end takes.
+        on_bad: called with each :class:`DecodeError` (unexpected types are wrapped in one).
+        where: names this end in the "unexpected message" errors (``"fusion"``).
+    """
+
+    def __init__(self, sock: zmq.Socket[Any], accept: tuple[type[M], ...], *,
+                 on_bad: Callable[[DecodeError], None] | None = None, where: str = "",
+                 router: bool = False) -> None:
+        self.sock = sock
+        self.accept = accept
+        self.where = where or "this end"
+        self.router = router
+        self.bad: dict[str, int] = {}
+        self.identity: bytes | None = None  # the sender of the last message (ROUTER only)
+        self.peer_address = ""  # its IP address (TCP, ROUTER only; "" otherwise)
+        self._on_bad = on_bad or (lambda e: None)
+
+    def _count(self, err: DecodeError) -> None:
+        name = type(err).__name__
+        self.bad[name] = self.bad.get(name, 0) + 1
+        self._on_bad(err)
+
+    @property
+    def bad_total(self) -> int:
+        return sum(self.bad.values())
+
+    def recv(self, timeout_ms: int) -> M | None:
+        """The next accepted message, or ``None`` after ``timeout_ms`` (0: only what is queued)."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        wait = timeout_ms
+        while self.sock.poll(wait):
+            try:
+                identity, address, msg = _recv(self.sock, self.router, zmq.NOBLOCK)
+            except zmq.Again:  # pragma: no cover - poll said readable
+                return None
+            except DecodeError as e:
+                self._count(e)
+            else:
+                if isinstance(msg, self.accept):
+                    self.identity = identity
+                    self.peer_address = address
+                    return msg
+                self._count(DecodeError(f"unexpected {type(msg).__name__} at {self.where}"))
+            wait = max(0, int((deadline - time.monotonic()) * 1000))
+        return None
 
 
 def close_all(socks: Iterable[zmq.Socket[Any] | None], linger_ms: int = 0) -> None:

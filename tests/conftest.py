@@ -10,6 +10,23 @@ from pathlib import Path
 import pytest
 
 from momentbus.daemon import samples
+from momentbus.ipc import sockets
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(autouse=True)
+def no_socket_left_open():
+    """Every ZeroMQ socket a test opens (through momentbus.ipc, in this process) is closed by
+    the end of the test, as pyzmq's own conftest demands: a leak fails the test."""
+    before = set(sockets.open_sockets())
+    yield
+    leaked = [s for s in sockets.open_sockets() if s not in before]
+    for s in leaked:
+        s.close(0)
+    if leaked:
+        kinds = ", ".join(sorted(s.type.name for s in leaked))
+        pytest.fail(f"{len(leaked)} ZeroMQ socket(s) left open: {kinds}")
 
 
 @pytest.fixture

@@ -42,6 +42,17 @@ def wait_for_trace(proc: subprocess.Popen, trace: Path, predicate,
             proc.wait(0.05)
 
 
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen):
+    """Yield ``proc``; whatever happens in the block, it is not left running after it."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def processes_mentioning(text: str) -> list[str]:
     """Command lines of live processes that mention ``text`` (orphan check)."""
     found = []

@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 
 from momentbus.fusion.aligner import NEG_INF, Aligner, Output
 from momentbus.fusion.rules import ExpressionSpike, Rule, RuleSpec
-from momentbus.ipc.schema import FaceObs, Obs, QualityObs, Trig
+from momentbus.ipc.schema import Evidence, Obs, Trig
 from momentbus.ipc.timebase import pts_to_ns
+
+from builders import a_face, face_obs, quality_obs
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -43,7 +45,7 @@ class Recorder(Rule):
         self.seen.append(obs)
         if self.fire:
             return [self.make_trig(obs, obs.t_ns, obs.t_ns, 1.0,
-                                   [{"kind": obs.OBS_KIND, "seq": obs.seq, "t_ns": obs.t_ns}])]
+                                   [Evidence(kind=obs.kind, seq=obs.seq, t_ns=obs.t_ns)])]
         return []
 
     def on_eof(self) -> list[Trig]:
@@ -62,23 +64,18 @@ def key(obs: Obs) -> tuple[int, str, str, int]:
 
 
 def face(component: str, seq: int, t: int, wm: int | None = None,
-         happy: float | dict[int, float] | None = None) -> FaceObs:
+         happy: float | dict[int, float] | None = None) -> Obs:
     """A face observation; ``happy`` is one score (track 1) or ``{track_id: score}``."""
     if happy is None:
-        faces: list[dict[str, Any]] = []
+        faces = []
     else:
         tracks = happy if isinstance(happy, dict) else {1: happy}
-        faces = [{"track_id": tid, "box": [0.3, 0.2, 0.6, 0.7], "score": 0.95,
-                  "expression": {"happy": h, "neutral": round(1 - h, 4)}}
-                 for tid, h in sorted(tracks.items())]
-    return FaceObs(source_id=SRC, group="face", component=component, seq=seq, t_ns=t,
-                   watermark_ns=t if wm is None else wm, faces=faces)
+        faces = [a_face(tid, happy=h, score=0.95) for tid, h in sorted(tracks.items())]
+    return face_obs(seq, t, faces, component=component, wm=wm, source_id=SRC)
 
 
-def quality(component: str, seq: int, t: int, wm: int | None = None) -> QualityObs:
-    return QualityObs(source_id=SRC, group="quality", component=component, seq=seq, t_ns=t,
-                      watermark_ns=t if wm is None else wm, blur=120.0, brightness=0.5,
-                      contrast=0.2)
+def quality(component: str, seq: int, t: int, wm: int | None = None) -> Obs:
+    return quality_obs(seq, t, blur=120.0, component=component, wm=wm, source_id=SRC)
 
 
 def events(out: Output, name: str) -> list[dict[str, Any]]:
@@ -484,7 +481,7 @@ def test_trig_fired_while_a_group_is_absent_lists_it_missing() -> None:
 def test_rejoined_sole_member_is_not_treated_as_late() -> None:
     """A group's only member stalls past idle_timeout, then resumes: its new data counts.
 
-    DESIGN.md: a silent group "is marked absent ... When it returns, it rejoins."
+    README, Fusion semantics: a silent group is absent "... it rejoins when it speaks again."
     """
     rec = Recorder("rec", ("face",))
     al = Aligner([rec], ["face"], idle_timeout_ns=2 * S)
@@ -637,13 +634,14 @@ def test_expression_spike_fires_once_at_the_onset() -> None:
     assert 6 * S <= trig.t_event_ns <= 6.3 * S
     # t_event is a real observation time: the first frame where the condition held
     assert trig.t_event_ns in {frame_t(k) for k in range(300)}
-    assert trig.evidence[0]["t_ns"] == trig.t_event_ns
-    confirm = trig.evidence[-1]["t_ns"]
+    assert trig.evidence[0].t_ns == trig.t_event_ns
+    confirm = trig.evidence[-1].t_ns
     assert 0.5 * S <= confirm - trig.t_event_ns < 0.6 * S  # hold 0.5 s, 30 fps
     assert trig.t_start_ns == trig.t_event_ns - rule.spec.pre_roll_ns
     assert trig.t_end_ns == confirm + rule.spec.post_roll_ns
     assert trig.score >= 0.3  # the rise over the baseline
-    assert trig.evidence[0]["recent"] >= 0.5 and trig.evidence[0]["baseline"] < 0.2
+    assert trig.evidence[0].values["recent"] >= 0.5
+    assert trig.evidence[0].values["baseline"] < 0.2
 
 
 def test_expression_spike_onset_is_where_the_smoothed_condition_starts() -> None:
@@ -713,11 +711,99 @@ def test_expression_spike_after_warmup_burst_still_fires_later() -> None:
 
 
 def test_expression_spike_ignores_faces_without_a_score_or_track() -> None:
+    """A face without expression scores (the model off) is skipped; a face without a track id
+    or with a mistyped one cannot reach a rule (the schema rejects it: tests/test_schema.py)."""
     rule = spike()
-    obs = FaceObs(source_id=SRC, group="face", component="f", seq=0, t_ns=0, watermark_ns=0,
-                  faces=[{"box": [0, 0, 1, 1], "expression": {"happy": 0.9}},
-                         {"track_id": 1, "box": [0, 0, 1, 1], "expression": {"sad": 0.9}},
-                         {"track_id": "x", "box": [0, 0, 1, 1], "expression": {"happy": 0.9}}])
+    obs = face_obs(0, 0, [a_face(1, happy=None), a_face(2, happy=None)], component="f",
+                   source_id=SRC)
     assert rule.on_obs(obs) == []
     assert rule.tracks == {}
     assert rule.on_obs(quality("q", 0, 0)) == []
+
+
+# ---------------------------------------------------------------------------- nothing lost
+
+
+def test_a_repeated_observation_is_a_duplicate_not_late() -> None:
+    """A frame processed again (a restarted or rejoining member) repeats its seq and t_ns."""
+    rec = Recorder("rec", ("face",))
+    al = Aligner([rec], ["face"])
+    al.on_join("extractor:face#1", "face", 0)
+    al.on_obs(face("extractor:face#1", 5, 500), 1)
+    out = al.on_obs(face("extractor:face#1", 5, 500), 2)  # the same frame, again
+    assert out.late == [] and al.duplicate_count == 1
+    out = al.on_obs(face("extractor:face#2", 5, 500), 3)  # another member of the group, again
+    assert out.late == [] and al.duplicate_count == 2
+    al.finish(4)
+    assert rec.times() == [500], "the rule sees it once"
+
+
+def test_on_a_file_a_silent_member_keeps_holding_its_group_until_it_speaks() -> None:
+    rec = Recorder("rec", ("face", "quality"))
+    al = Aligner([rec], ["face", "quality"], idle_timeout_ns=2 * S)
+    al.on_source(live=False, now_ns=0)
+    al.on_join("f", "face", 0)
+    al.on_join("q", "quality", 0)
+    al.on_obs(face("f", 0, 0), 0)
+    for i in range(1, 40):  # quality goes on for 4 s of event time while face is stopped
+        al.on_obs(quality("q", i, i * 100 * MS), 4 * S + i * 100 * MS)
+    out = al.on_tick(8 * S)  # face silent for 8 s of wall time, quality heard 0.1 s ago
+    assert [(m["event"], m["holding"]) for m in out.members] == [("idle", True)]
+    assert rec.times() == [0], "nothing past face's watermark is released"
+    for i in range(1, 40):  # SIGCONT: face catches up
+        out = al.on_obs(face("f", i, i * 100 * MS), 9 * S)
+        assert out.late == []
+    assert [m["event"] for m in al.on_tick(9 * S).members] == []
+    assert al.late_count == 0
+    assert rec.keys() == sorted(rec.keys())
+    al.finish(10 * S)
+    assert len(rec.times()) == 40 + 39, "every observation of both groups, once, in order"
+
+
+def test_on_a_live_source_a_silent_member_goes_absent() -> None:
+    rec = Recorder("rec", ("face", "quality"))
+    al = Aligner([rec], ["face", "quality"], idle_timeout_ns=2 * S)
+    al.on_source(live=True, now_ns=0)
+    al.on_join("f", "face", 0)
+    al.on_join("q", "quality", 0)
+    al.on_obs(quality("q", 0, 100 * MS), 0)
+    al.on_heartbeat("q", 2 * S)
+    out = al.on_tick(3 * S)
+    assert [(m["event"], m["member"], m["holding"]) for m in out.members] == \
+        [("idle", "f", False)]
+    assert rec.times() == [100 * MS], "released without the absent group"
+
+
+def test_a_lost_member_stops_holding_and_its_group_is_missing() -> None:
+    rec = Recorder("rec", ("face", "quality"), fire=True)
+    al = Aligner([rec], ["face", "quality"], idle_timeout_ns=2 * S)
+    al.on_source(live=False, now_ns=0)
+    al.on_join("f", "face", 0)
+    al.on_join("q", "quality", 0)
+    al.on_obs(face("f", 0, 100 * MS), 0)
+    al.on_tick(5 * S)  # quality silent: idle, still holding
+    assert rec.times() == []
+    out = al.on_lost("q", "quality", 20 * S)
+    assert [m["event"] for m in out.members] == ["lost"]
+    assert rec.times() == [100 * MS]
+    assert out.trigs and out.trigs[0].missing == ["quality"]
+    al.on_source_eof(21 * S)
+    al.on_eof("f", "face", 21 * S)
+    assert al.done()
+
+
+def test_on_a_file_a_member_silent_past_the_hold_timeout_counts_as_lost() -> None:
+    """A member that said Hello and never came back cannot stall a file's job for good."""
+    rec = Recorder("rec", ("face", "quality"))
+    al = Aligner([rec], ["face", "quality"], idle_timeout_ns=2 * S, hold_timeout_ns=60 * S)
+    al.on_source(live=False, now_ns=0)
+    al.on_join("f", "face", 0)
+    al.on_join("q", "quality", 0)
+    al.on_obs(quality("q", 0, 100 * MS), 0)
+    al.on_heartbeat("q", 59 * S)
+    assert [m["event"] for m in al.on_tick(3 * S).members] == ["idle"]
+    assert al.on_tick(59 * S).members == [] and rec.times() == []
+    al.on_heartbeat("q", 61 * S)
+    out = al.on_tick(61 * S)
+    assert [(m["event"], m["member"]) for m in out.members] == [("lost", "f")]
+    assert rec.times() == [100 * MS]

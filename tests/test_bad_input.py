@@ -73,3 +73,83 @@ def test_unknown_extractor_kind_in_run(tmp_path, sample):
     proc = run_momentbus("run", str(sample("single_face.mp4")), "--out", str(tmp_path / "o"),
                          "--extractors", "face,telepathy", timeout=60)
     _assert_one_line_error(proc, "telepathy", "known:")
+
+
+# --- the output folder: checked before anything starts (momentbus/outputs.py) ---------------
+
+def _assert_nothing_started(out):
+    """`run` makes OUT/logs just before it starts the first process: none was started."""
+    assert not (out / "logs").exists()
+
+
+def test_out_naming_an_existing_file(tmp_path, sample):
+    out = tmp_path / "results.txt"
+    out.write_text("not a folder\n")
+    proc = run_momentbus("run", str(sample()), "--out", str(out), timeout=60)
+    _assert_one_line_error(proc, "--out", "is a file, not a folder")
+    assert out.read_text() == "not a folder\n"
+
+
+def test_out_below_a_file(tmp_path, sample):
+    """A file in the way of the folder to create (stops root too: no permission bit involved)."""
+    (tmp_path / "results.txt").write_text("x")
+    out = tmp_path / "results.txt" / "run1"
+    proc = run_momentbus("run", str(sample()), "--out", str(out), timeout=60)
+    _assert_one_line_error(proc, "cannot be created", "results.txt is a file")
+
+
+@pytest.mark.parametrize("place", ["/proc/momentbus-out", "/sys/momentbus-out"])
+def test_out_where_nothing_can_be_created(place, sample):
+    """A folder that cannot be created. Tests run as root here, where `chmod 0555` stops no
+    write; /proc and /sys refuse a new folder to root too (ENOENT, EPERM)."""
+    proc = run_momentbus("run", str(sample()), "--out", place, timeout=60)
+    _assert_one_line_error(proc, "--out", "cannot be created in")
+
+
+def test_out_with_a_run_entry_of_the_wrong_kind(tmp_path, sample):
+    out = tmp_path / "out"
+    (out / "trace.jsonl").mkdir(parents=True)
+    proc = run_momentbus("run", str(sample()), "--out", str(out), timeout=60)
+    _assert_one_line_error(proc, "trace.jsonl is a folder, not a file")
+    _assert_nothing_started(out)
+
+
+def _in_own_mount(tmp_path, mount_options: str, *run_args: str):
+    """`momentbus run` inside a private mount namespace (``unshare --mount``) with a tmpfs
+    mounted on tmp_path/mnt: the mount exists only for that process and vanishes with it, so
+    nothing is left mounted on the machine. Skips where mounting is not allowed."""
+    import shlex
+    import shutil
+    import subprocess
+
+    from helpers import momentbus_cmd
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    check = subprocess.run(["unshare", "--mount", "sh", "-c",
+                            f"mount -t tmpfs -o {mount_options} tmpfs {mnt}"],
+                           capture_output=True, text=True, timeout=30) \
+        if shutil.which("unshare") else None
+    if check is None or check.returncode != 0:
+        pytest.skip("cannot mount a tmpfs in a private mount namespace here (needs root or "
+                    f"CAP_SYS_ADMIN and util-linux unshare): {check.stderr if check else ''}")
+    cmd = shlex.join(momentbus_cmd(*run_args))
+    return subprocess.run(["unshare", "--mount", "sh", "-c",
+                           f"mount -t tmpfs -o {mount_options} tmpfs {mnt} && exec {cmd}"],
+                          capture_output=True, text=True, timeout=60), mnt
+
+
+def test_out_on_a_read_only_file_system(tmp_path, sample):
+    """A read-only mount refuses root too (EROFS), unlike permission bits."""
+    mnt = tmp_path / "mnt"
+    proc, _ = _in_own_mount(tmp_path, "ro,size=1m", "run", str(sample()),
+                            "--out", str(mnt / "out"))
+    _assert_one_line_error(proc, "--out", "Read-only file system")
+
+
+def test_out_on_a_full_file_system(tmp_path, sample):
+    """A 1 MiB tmpfs: below MIN_FREE_BYTES (16 MiB; a run of the sample writes 0.86 MB, see
+    outputs.py), so the run is refused before it starts rather than failing halfway."""
+    mnt = tmp_path / "mnt"
+    proc, _ = _in_own_mount(tmp_path, "size=1m", "run", str(sample()), "--out", str(mnt / "out"))
+    _assert_one_line_error(proc, "--out", "MiB free", "at least 16 MiB")

@@ -33,9 +33,11 @@ class Member:
     """A bus_client.py process and a thread turning its stdout lines into a queue."""
 
     def __init__(self, address: str, group: str, policy: str = "every", fps: str = "none",
-                 credits: int = 2, mode: str = "fast", encoding: str = "raw") -> None:
+                 credits: int = 2, mode: str = "fast", encoding: str = "raw",
+                 instance: int = 1) -> None:
         self.proc = subprocess.Popen([sys.executable, CLIENT, address, group, policy, fps,
-                                      str(credits), mode, encoding], stdin=subprocess.PIPE,
+                                      str(credits), mode, encoding, str(instance)],
+                                     stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         self.events: queue.Queue[dict] = queue.Queue()
         self.frames: list[dict] = []
@@ -104,7 +106,8 @@ def test_every_delivers_every_sampled_frame_once_in_order_to_each_group(server, 
     n = 60
     all_frames = Member(addr("frames"), "all")
     sampled = Member(addr("frames"), "sampled", fps="10")  # every 3rd frame of 30 fps
-    pair = [Member(addr("frames"), "shared"), Member(addr("frames"), "shared")]
+    pair = [Member(addr("frames"), "shared", instance=1),
+            Member(addr("frames"), "shared", instance=2)]
     members = [all_frames, sampled, *pair]
     try:
         missing = server.wait_for_groups(["all", "sampled", "shared"], TIMEOUT_S)
@@ -131,6 +134,10 @@ def test_every_delivers_every_sampled_frame_once_in_order_to_each_group(server, 
         seqs = [f["seq"] for f in m.frames]
         assert seqs == sorted(seqs) and seqs, "each member sees its share in order"
     assert not [r for r in server.records if r[0] == "frame_drop"]
+    # verbose tracing: one dispatch record per item sent, never past the member's credit
+    dispatched = [kw for r, kw in server.records if r == "dispatch"]
+    assert [d["seq"] for d in dispatched if d["group"] == "all"] == list(range(n))
+    assert all(d["credit"] >= 0 for d in dispatched)
 
 
 def test_every_backpressure_bounds_the_queue(server, addr):
@@ -318,3 +325,30 @@ def test_cross_host_path_over_tcp_with_raw_and_jpeg_payloads():
         assert [f["seq"] for f in m.frames] == list(range(20))
         assert {f["encoding"] for f in m.frames} == {enc}
         assert all(f["pixels_ok"] for f in m.frames)
+
+
+def test_a_client_drops_frames_of_another_source(addr):
+    """Frames and audio must be of the source the Welcome named: anything else is counted as a
+    bad message and never handed to the extractor."""
+    import zmq
+
+    from momentbus.ipc import sockets
+    from momentbus.ipc.framebus import FrameBusClient
+    from momentbus.ipc.schema import Hello, Welcome
+
+    with sockets.bind(zmq.ROUTER, addr("frames")) as router, \
+            FrameBusClient(addr("frames"), Hello(component="c", group="g", pid=1)) as client:
+        sockets.send(client.sock, client.hello)
+        identity, hello = sockets.recv(router, router=True)
+        assert isinstance(hello, Hello)
+        welcome = Welcome(source_id="synthetic", width=W, height=H, time_base=TB,
+                          duration_ns=None, live=False)
+        sockets.send(router, welcome, identity=identity)
+        client.welcome = welcome
+        from msgspec.structs import replace
+
+        sockets.send(router, replace(frame(1), source_id="impostor"), identity=identity)
+        sockets.send(router, frame(2), identity=identity)
+        got = client.recv(5000)
+        assert got is not None and got.seq == 2
+        assert client.bad_messages == 1

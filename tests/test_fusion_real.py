@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def scene_cut_s(path: Path) -> float:
     """Ground truth independent of any face model: the first frame whose mean absolute
     difference to the previous one jumps (a hard cut), at its pts time."""
-    from momentbus.daemon.source import FileSource
+    from momentbus.media import FileSource
 
     src = FileSource(path)
     prev = None
@@ -68,7 +68,7 @@ def test_a_phrase_in_real_speech_fires_at_its_word_time(sample, tmp_path):
     for trig, (start, end) in zip(trigs, [(14.444, 17.769), (17.789, 20.113)]):
         t = trig["t_event_ns"] / 1e9 - 2.5
         assert start - 0.6 <= t <= end + 0.6, (t, start, end)
-        words = [e["word"] for e in trig["evidence"]]
+        words = [e["values"]["word"] for e in trig["evidence"]]
         assert [w.lower().strip(".,") for w in words] == ["originally", "from", "chicago"]
     sidecars = [json.loads(p.read_text()) for p in sorted((out / "clips").glob("*.json"))]
     # the first window overlaps the video (an mp4), the second lies after its last frame (the

@@ -3,10 +3,8 @@ and a real `momentbus run` whose trace gives the same totals as `momentbus trace
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import socket
 import subprocess
 import threading
@@ -20,7 +18,8 @@ from helpers import momentbus_cmd, run_momentbus
 from momentbus.traces.binds import BindError, is_loopback, parse_bind
 from momentbus.traces.metrics import (SYNC_DELAY_BUCKETS, TraceMetrics, readiness,
                                       serve_metrics)
-from momentbus.traces.review_data import JsonlTail
+from momentbus.lifecycle import StopFlag
+from momentbus.run import RunOptions, run_pipeline
 
 # -- synthetic records (shapes as the roles write them today) --------------------------------
 
@@ -139,8 +138,8 @@ def test_bad_message_totals_at_close_never_double_count(metrics):
     ({"record": "timing", "stage": "process", "process_ms": float("nan")}, "bad_field"),
     ({"record": "timing", "stage": "process", "process_ms": -3}, "bad_field"),
     ({"record": "sync_delay", "delay_ms": 5, "waiting_for": "face"}, "bad_field"),
-    ({"record": "watermark", "group": "face"}, "bad_field"),
-    ({"record": "source", "event": "exploded"}, "bad_field"),
+    ({"record": "watermark", "group": "face", "lag_ms": "late"}, "bad_field"),
+    ({"record": "source", "event": 7}, "bad_field"),
     ({"record": "bad_message", "counts": {"DecodeError": "many"}}, "bad_field"),
 ])
 def test_malformed_records_are_counted_not_raised(metrics, record, reason):
@@ -190,11 +189,22 @@ def test_records_of_live_sources_watermarks_and_clock_offsets(metrics):
     metrics.observe({"record": "watermark", "component": "fusion", "group": "face",
                      "lag_ms": 120.0, "watermark_ns": 5})
     assert math.isclose(metrics.value("momentbus_watermark_lag_seconds", {"group": "face"}), 0.12)
-    metrics.observe(member("daemon", "join", "face", "extractor:face#1", host="gpu-box",
-                           clock_offset_ns=-2_500_000, rtt_ns=400_000))
-    assert math.isclose(metrics.value("momentbus_clock_offset_seconds", {"host": "gpu-box"}),
-                        -0.0025)
-    assert math.isclose(metrics.value("momentbus_clock_rtt_seconds", {"host": "gpu-box"}), 0.0004)
+    for event in ("retry", "loop", "reanchor"):  # say nothing about the connection
+        metrics.observe({"record": "source", "component": "daemon", "source_id": "cam1",
+                         "event": event})
+    assert metrics.value("momentbus_source_connected", src) == 1
+    metrics.observe({"record": "source", "component": "daemon", "source_id": "cam1",
+                     "event": "connect_failed"})
+    assert metrics.value("momentbus_source_connected", src) == 0
+    metrics.observe({"record": "watermark", "component": "fusion", "group": "pose",
+                     "lag_ms": None, "watermark_ns": None})  # nobody joined: no lag yet
+    assert metrics.value("momentbus_watermark_lag_seconds", {"group": "pose"}) is None
+    metrics.observe(member("daemon", "clock", "face", "extractor:face#1", peer="extractor:face#1",
+                           host="10.200.0.2", clock_offset_ns=-2_500_000, rtt_ns=400_000))
+    link = {"component": "daemon", "peer": "extractor:face#1", "host": "10.200.0.2"}
+    assert math.isclose(metrics.value("momentbus_clock_offset_seconds", link), -0.0025)
+    assert math.isclose(metrics.value("momentbus_clock_rtt_seconds", link), 0.0004)
+    assert metrics.total("momentbus_trace_records_malformed_total") == 0
 
 
 def test_readiness_needs_every_expected_group_joined():
@@ -348,22 +358,21 @@ def test_a_port_in_use_is_a_bind_error_naming_it(metrics):
 
 @pytest.fixture(scope="module")
 def scraped_run(sample, tmp_path_factory):
-    """`momentbus run` on the sample while its trace.jsonl is fed (as the run parent's collector
-    would) into TraceMetrics behind serve_metrics; /readyz and /metrics scraped as it goes."""
+    """The sample's run fed into TraceMetrics behind serve_metrics, as `momentbus run --metrics`
+    does (run_pipeline's ``metrics``), scraped during the run and once more after it."""
     video = sample("WolfgangLanger_Pexels.mp4")
-    root = tmp_path_factory.mktemp("metrics-run")
-    out = root / "out"
+    out = tmp_path_factory.mktemp("metrics-run") / "out"
     metrics = TraceMetrics()
     server = serve_metrics("127.0.0.1:0", metrics, expected_groups=["face", "quality"])
-    tail = JsonlTail(out / "trace.jsonl")
     ready_seen: list[int] = []
     mid_run_frames: list[float] = []
-    proc = subprocess.Popen(momentbus_cmd("run", str(video), "--out", str(out), "--quiet"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TMPDIR": str(root)})
+    result: list = []
+    opts = RunOptions(source=str(video), out_dir=str(out), quiet=True, summary=False)
+    run = threading.Thread(target=lambda: result.append(run_pipeline(opts, StopFlag(), metrics)),
+                           daemon=True)
     try:
-        while True:
-            metrics.observe_many(tail.refresh())
+        run.start()
+        while run.is_alive():
             status, _ = get(server.url + "/readyz")
             if not ready_seen or ready_seen[-1] != status:
                 ready_seen.append(status)
@@ -372,20 +381,13 @@ def scraped_run(sample, tmp_path_factory):
                 mid_run_frames.append(sum(
                     s.value for f in text_string_to_metric_families(text) for s in f.samples
                     if s.name == "momentbus_frames_read_total"))
-            if proc.poll() is not None:
-                break
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(0.05)  # the child's exit is the event; this bounds each poll
-        stdout, stderr = proc.communicate(timeout=60)
-        metrics.observe_many(tail.refresh())
+            run.join(0.05)  # the run's end is the event; this bounds each poll
         _, final_text = get(server.url + "/metrics")
         final_ready = get(server.url + "/readyz")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        run.join(120)
         server.close()
-    assert proc.returncode == 0, stderr[-3000:]
+    assert result and result[0].exit_code == 0
     summary = run_momentbus("trace", "summary", str(out / "trace.jsonl"), "--json", timeout=60)
     assert summary.returncode == 0, summary.stderr
     return {"metrics": metrics, "summary": json.loads(summary.stdout), "ready": ready_seen,
@@ -443,3 +445,44 @@ def test_histograms_of_the_run_have_samples(scraped_run):
     families = {f.name: f for f in text_string_to_metric_families(scraped_run["final_text"])}
     assert sum(s.value for s in families["momentbus_triggers"].samples
                if s.name == "momentbus_triggers_total") == len(summary["triggers"])
+
+
+# -- --metrics on the command line ---------------------------------------------------------
+
+
+def test_a_role_serves_its_metrics_health_and_readiness(tmp_path):
+    """`momentbus fusion --metrics`: the URL on stderr, /healthz 200 and /readyz 503 (nobody
+    joined) while it waits for its members; SIGTERM ends it cleanly."""
+    proc = subprocess.Popen(
+        momentbus_cmd("fusion", "--bind", f"ipc://{tmp_path}/obs", "--out", str(tmp_path),
+                      "--expect", "face", "--metrics", "127.0.0.1:0"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()  # the first line it prints, once it listens
+        assert line.startswith("momentbus: metrics at http://127.0.0.1:"), line
+        url = line.split(" at ", 1)[1].strip().removesuffix("/metrics")
+        assert get(url + "/healthz") == (200, "ok\n")
+        status, reason = get(url + "/readyz")
+        assert status == 503 and "waiting for group(s) face" in reason
+        status, text = get(url + "/metrics")
+        names = {f.name for f in text_string_to_metric_families(text)}
+        assert {"momentbus_trace_records", "process_resident_memory_bytes"} <= names
+        proc.terminate()
+        assert proc.wait(30) == 0, proc.stderr.read()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize("command", ["run", "fusion"])
+def test_a_non_loopback_metrics_address_needs_insecure(command, tmp_path):
+    args = (["run", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "out")]
+            if command == "run" else ["fusion", "--bind", f"ipc://{tmp_path}/obs",
+                                      "--out", str(tmp_path)])
+    r = run_momentbus(*args, "--metrics", "0.0.0.0:0", timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "momentbus: error: --metrics 0.0.0.0:0: not a loopback address; the metrics show the "
+        "run to anyone who can reach the port: add --insecure to serve them there anyway"]

@@ -11,20 +11,20 @@ import pytest
 from momentbus.fusion.aligner import Aligner
 from momentbus.fusion.rules import (RulesError, build_rules, load_rules, parse_rules,
                                     rule_kinds)
-from momentbus.ipc.schema import FaceObs, GestureObs, PoseObs, QualityObs, SpeechObs
+
+from builders import (a_face, a_hand, face_obs, gesture_obs, keypoints, pose_obs, quality_obs,
+                      speech_obs)
 
 MS = 1_000_000
 S = 1_000_000_000
 
 
 def face(seq, t, faces, group="face", comp="extractor:face#1"):
-    return FaceObs(source_id="s", group=group, component=comp, seq=seq, t_ns=t, watermark_ns=t,
-                   faces=faces)
+    return face_obs(seq, t, faces, group=group, component=comp)
 
 
 def one_face(track=1, yaw=0.0, happy=0.05, area=0.1):
-    return {"track_id": track, "box": [0.3, 0.2, 0.6, 0.7], "score": 0.9, "yaw": yaw,
-            "area_ratio": area, "expression": {"happy": happy}}
+    return a_face(track, yaw=yaw, happy=happy, area=area)
 
 
 def rules_of(toml: str):
@@ -86,13 +86,7 @@ def test_head_turn_uses_smoothed_velocity_not_frame_jitter():
 
 
 def pose(i, t, x):
-    kps = [[0.5, 0.5, 0.9]] * 17
-    kps = [list(k) for k in kps]
-    kps[10] = [x, 0.3, 0.9]  # right wrist
-    return PoseObs(source_id="s", group="pose", component="extractor:pose#1", seq=i, t_ns=t,
-                   watermark_ns=t, persons=[{"box": [0, 0, 1, 1], "score": 0.9, "keypoints": kps,
-                                             "left_hand_raised": False,
-                                             "right_hand_raised": True}])
+    return pose_obs(i, t, keypoints(right_wrist=(x, 0.3, 0.9)))
 
 
 @pytest.mark.parametrize("hz,fires", [(0.4, False), (2.5, True), (3.5, True)])
@@ -111,10 +105,7 @@ def test_hand_still_or_slowly_moving_is_no_wave():
 
 
 def gesture(i, t, label):
-    hands = [{"handedness": "right", "landmarks": [[0.5, 0.5, 0.0]] * 21, "gesture": label,
-              "score": 0.9}] if label else []
-    return GestureObs(source_id="s", group="gesture", component="extractor:gesture#1", seq=i,
-                      t_ns=t, watermark_ns=t, hands=hands)
+    return gesture_obs(i, t, [a_hand(label)] if label else [])
 
 
 def test_gesture_hold_needs_the_hold_and_reports_the_onset():
@@ -130,11 +121,7 @@ def test_gesture_hold_needs_the_hold_and_reports_the_onset():
 
 
 def speech(seq, words):
-    ws = [{"word": w, "t_ns": t, "t_end_ns": t + 300 * MS, "probability": 0.9} for w, t in words]
-    return SpeechObs(source_id="s", group="speech", component="extractor:speech#1", seq=seq,
-                     t_ns=ws[0]["t_ns"], watermark_ns=ws[0]["t_ns"] - 1,
-                     t_end_ns=ws[-1]["t_end_ns"], text=" ".join(w for w, _ in words), words=ws,
-                     language="en", final=True)
+    return speech_obs(seq, words, word_ns=300 * MS)
 
 
 def test_speech_phrase_across_segments_is_timed_by_its_words():
@@ -145,13 +132,11 @@ def test_speech_phrase_across_segments_is_timed_by_its_words():
     assert len(trigs) == 1
     assert trigs[0].t_event_ns == 3 * S
     assert trigs[0].t_end_ns == 4 * S + 300 * MS + 3 * S  # last word's end + post_roll
-    assert [e["word"] for e in trigs[0].evidence] == ["start", "Recording!"]
+    assert [e.values["word"] for e in trigs[0].evidence] == ["start", "Recording!"]
 
 
 def quality(i, t, gate):
-    return QualityObs(source_id="s", group="quality", component="extractor:quality#1", seq=i,
-                      t_ns=t, watermark_ns=t, blur=300.0 if gate else 5.0, brightness=0.5,
-                      contrast=0.2, gate=gate)
+    return quality_obs(i, t, gate=gate)
 
 
 SMILE_AND_GATE = '''

@@ -2,25 +2,44 @@
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import typing
 from fractions import Fraction
 from typing import Any
 
 import msgpack
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from momentbus.ipc import schema
+
 from momentbus.ipc.errors import (
     DecodeError,
     IpcError,
     OversizeError,
     SchemaVersionError,
     UnknownKindError,
+)
+from momentbus.ipc.payloads import (
+    PAYLOAD_TYPES,
+    Box,
+    Expression,
+    Face,
+    Faces,
+    Hand,
+    Hands,
+    Keypoint,
+    Person,
+    Persons,
+    Point2,
+    Point3,
+    QualityReading,
+    SpeechSegment,
+    Word,
 )
 from momentbus.ipc.schema import (
     MAX_HEADER_BYTES,
@@ -30,12 +49,13 @@ from momentbus.ipc.schema import (
     AudioChunk,
     Credit,
     Eof,
-    FaceObs,
+    Evidence,
     Frame,
+    Gap,
     Heartbeat,
     Hello,
     Message,
-    QualityObs,
+    Obs,
     TraceRecord,
     Trig,
     Watermark,
@@ -43,9 +63,10 @@ from momentbus.ipc.schema import (
     decode,
     encode,
 )
+from momentbus.ipc.vocab import EMOTIONS, GESTURES, NAME_PATTERN
 
 INT62 = st.integers(min_value=-(2**62), max_value=2**62)
-KNOWN_KINDS = sorted({*MESSAGE_TYPES, b"obs"})
+KNOWN_KINDS = sorted(MESSAGE_TYPES)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -75,7 +96,7 @@ def bgr_frame(width: int = 8, height: int = 6, seq: int = 7) -> tuple[Frame, np.
     img = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     frame = Frame(source_id="cam0", seq=seq, pts=seq * 1001, time_base=Fraction(1, 30000),
                   t_ns=seq * 33_366_667, capture_wall_ns=1_700_000_000_000_000_000,
-                  width=width, height=height, gaps=[[3, 5, "sampled"], [6, 6, "latest"]],
+                  width=width, height=height, gaps=[Gap(3, 5, "sampled"), Gap(6, 6, "latest")],
                   data=img)
     return frame, img
 
@@ -89,62 +110,79 @@ def audio_chunk(n: int = 480, channels: int = 2) -> tuple[AudioChunk, np.ndarray
     return chunk, pcm
 
 
-def face_obs() -> FaceObs:
-    return FaceObs(source_id="cam0", group="face", component="extractor:face#1", seq=12,
-                   t_ns=400_400_000, watermark_ns=400_400_000, latency_ns=12_345_678,
-                   faces=[{"track_id": 4, "box": [0.1, 0.2, 0.4, 0.6], "score": 0.93,
-                           "landmarks": [[0.2, 0.3], [0.3, 0.3], [0.25, 0.4], [0.2, 0.5],
-                                         [0.3, 0.5]],
-                           "yaw": -3.5, "pitch": 1.25, "roll": 0.0,
-                           "expression": {"happy": 0.8, "sad": 0.05, "neutral": 0.15},
-                           "area_ratio": 0.06}])
+def a_face() -> Face:
+    return Face(track_id=4, box=Box(0.1, 0.2, 0.4, 0.6), score=0.93,
+                landmarks=[Point2(0.2, 0.3), Point2(0.3, 0.3), Point2(0.25, 0.4),
+                           Point2(0.2, 0.5), Point2(0.3, 0.5)],
+                dense_landmarks=[Point2(0.21, 0.31)] * 106,
+                yaw=-3.5, pitch=1.25, roll=0.0,
+                expression=Expression(happy=0.8, sad=0.05, neutral=0.15), area_ratio=0.06)
 
 
-def quality_obs() -> QualityObs:
-    return QualityObs(source_id="cam0", group="quality", component="extractor:quality#1",
-                      seq=12, t_ns=400_400_000, watermark_ns=400_000_000, blur=152.5,
-                      brightness=0.45, contrast=0.2, clipped_dark=0.01, clipped_bright=0.0,
-                      gate=False)
+def face_obs() -> Obs:
+    return Obs(source_id="cam0", group="face", component="extractor:face#1", seq=12,
+               t_ns=400_400_000, watermark_ns=400_400_000, latency_ns=12_345_678,
+               payload=Faces(faces=[a_face()]))
+
+
+def quality_obs() -> Obs:
+    return Obs(source_id="cam0", group="quality", component="extractor:quality#1",
+               seq=12, t_ns=400_400_000, watermark_ns=400_000_000,
+               payload=QualityReading(blur=152.5, brightness=0.45, contrast=0.2,
+                                      clipped_dark=0.01, clipped_bright=0.0, gate=False))
 
 
 def header_messages() -> list[Message]:
     """One valid instance of every message class (payload-carrying ones included)."""
     return [
         Hello(component="extractor:face#1", group="face", pid=4242, policy="latest", fps=7.5,
-              encoding="jpeg", streams=["video", "audio"]),
+              encoding="jpeg", streams=["video", "audio"], instance=2,
+              incarnation=1_763_700_000_123_456_789, last_seq=1041),
         Welcome(source_id="cam0", width=1920, height=1080, time_base=Fraction(1001, 30000),
                 duration_ns=None, live=True),
         Welcome(source_id="file0", width=640, height=360, time_base=Fraction(1, 90000),
                 duration_ns=12_000_000_000, live=False),
         Credit(n=16),
+        schema.Rejoin(reason="unknown member"),
+        schema.Ack(rseq=41, incarnation=1_763_700_000_000_000_000),
         Heartbeat(component="fusion", wall_ns=1_700_000_000_123_456_789),
         bgr_frame()[0],
         audio_chunk()[0],
+        schema.StreamInfo(source_id="cam0", seq=0, t_ns=123, generation=2, streams=[
+            schema.StreamSpec(index=0, kind="video", codec="h264", time_base=Fraction(1, 90000),
+                              extradata=b"\x00\x00\x00\x01gd", width=640, height=360,
+                              pix_fmt="yuv420p", frame_rate=Fraction(24000, 1001)),
+            schema.StreamSpec(index=1, kind="audio", codec="aac", time_base=Fraction(1, 48000),
+                              sample_rate=48000, layout="stereo", sample_format="fltp")]),
+        schema.Packet(source_id="cam0", seq=5, generation=2, stream_index=0, kind="video",
+                      pts=None, dts=None, time_base=Fraction(1, 90000), keyframe=True,
+                      t_ns=1_000_000, data=b"\x00\x00\x00\x01\x09\xf0"),
         Watermark(source_id="cam0", group="face", component="extractor:face#1",
                   t_ns=-5_000_000),
         face_obs(),
         quality_obs(),
-        schema.PoseObs(source_id="cam0", group="pose", component="extractor:pose#1", seq=3,
-                       t_ns=100_000_000, watermark_ns=100_000_000,
-                       persons=[{"box": [0.1, 0.1, 0.6, 0.9], "score": 0.8,
-                                 "keypoints": [[0.3, 0.2, 0.99]] * 17,
-                                 "left_hand_raised": True, "right_hand_raised": False}]),
-        schema.GestureObs(source_id="cam0", group="gesture", component="extractor:gesture#1",
-                          seq=3, t_ns=100_000_000, watermark_ns=100_000_000,
-                          hands=[{"handedness": "right", "landmarks": [[0.5, 0.5, -0.01]] * 21,
-                                  "gesture": "v_sign", "score": 0.9}]),
-        schema.SpeechObs(source_id="cam0", group="speech", component="extractor:speech#1",
-                         seq=40, t_ns=1_000_000_000, watermark_ns=999_999_999,
-                         t_end_ns=2_500_000_000, text="Hello world.",
-                         words=[{"word": "Hello", "t_ns": 1_000_000_000, "t_end_ns": 1_400_000_000,
-                                 "probability": 0.97}], language="en", final=True),
+        Obs(source_id="cam0", group="pose", component="extractor:pose#1", seq=3,
+            t_ns=100_000_000, watermark_ns=100_000_000,
+            payload=Persons(persons=[Person(box=Box(0.1, 0.1, 0.6, 0.9), score=0.8,
+                                            keypoints=[Keypoint(0.3, 0.2, 0.99)] * 17,
+                                            left_hand_raised=True, right_hand_raised=False)])),
+        Obs(source_id="cam0", group="gesture", component="extractor:gesture#1",
+            seq=3, t_ns=100_000_000, watermark_ns=100_000_000,
+            payload=Hands(hands=[Hand(handedness="right", landmarks=[Point3(0.5, 0.5, -0.01)] * 21,
+                                      gesture="v_sign", score=0.9)])),
+        Obs(source_id="cam0", group="speech", component="extractor:speech#1",
+            seq=40, t_ns=1_000_000_000, watermark_ns=999_999_999,
+            payload=SpeechSegment(t_end_ns=2_500_000_000, text="Hello world.",
+                                  words=[Word(word="Hello", t_ns=1_000_000_000,
+                                              t_end_ns=1_400_000_000, probability=0.97)],
+                                  language="en", final=True)),
         Trig(rule="smile", rule_kind="expression_spike", source_id="cam0",
              t_event_ns=6_100_000_000, t_start_ns=4_100_000_000, t_end_ns=9_600_000_000,
-             score=0.4521, evidence=[{"kind": "face", "seq": 183, "t_ns": 6_100_000_000,
-                                      "score": 0.9}],
+             score=0.4521, evidence=[Evidence(kind="face", seq=183, t_ns=6_100_000_000,
+                                              values={"score": 0.9})],
              missing=["quality"]),
         Eof(source_id="cam0", component="daemon", last_seq=299, t_end_ns=9_966_666_667,
-            reason="end_of_stream", gaps=[[297, 299, "sampled"]]),
+            reason="end_of_stream", gaps=[Gap(297, 299, "sampled")]),
         TraceRecord(record="timing", fields={"component": "extractor:face#1", "ms": 4.5,
                                              "nested": {"a": [1, 2, 3]}, "none": None}),
     ]
@@ -158,14 +196,15 @@ def test_every_message_roundtrips_equal(msg: Message) -> None:
     decoded = roundtrip(msg)
     assert type(decoded) is type(msg)
     assert decoded == msg
-    # ``data`` is compare=False: the payload bytes must survive too.
-    assert [bytes(p) for p in decoded.payload()] == [bytes(p) for p in msg.payload()]
+    # ``data`` is not compared: the payload bytes must survive too.
+    assert [bytes(p) for p in decoded.payload_parts()] == [bytes(p) for p in msg.payload_parts()]
 
 
 def test_every_message_class_is_covered_by_the_roundtrip() -> None:
     covered = {type(m) for m in header_messages()}
     assert set(MESSAGE_TYPES.values()) <= covered
-    assert set(schema.OBS_TYPES.values()) <= covered
+    payloads = {type(m.payload) for m in header_messages() if isinstance(m, Obs)}
+    assert set(PAYLOAD_TYPES.values()) <= payloads
 
 
 def test_frame_bgr_payload_roundtrips_to_the_same_image() -> None:
@@ -182,7 +221,7 @@ def test_frame_bgr_payload_roundtrips_to_the_same_image() -> None:
 def test_frame_non_contiguous_array_payload_is_sent_in_image_order() -> None:
     big = np.arange(6 * 10 * 3, dtype=np.uint8).reshape(6, 10, 3)
     view = big[:, ::2]  # a non-contiguous (6, 5, 3) view
-    frame = dataclasses.replace(bgr_frame()[0], width=5, height=6, data=view)
+    frame = replace(bgr_frame()[0], width=5, height=6, data=view)
     decoded = roundtrip(frame)
     np.testing.assert_array_equal(decoded.image(), view)
 
@@ -193,8 +232,7 @@ def test_frame_jpeg_payload_roundtrips_and_decodes() -> None:
     img[:, :12] = (255, 0, 0)
     ok, jpg = cv2.imencode(".jpg", img)
     assert ok
-    frame = dataclasses.replace(bgr_frame()[0], width=24, height=16, encoding="jpeg",
-                                data=jpg.tobytes())
+    frame = replace(bgr_frame()[0], width=24, height=16, encoding="jpeg", data=jpg.tobytes())
     decoded = roundtrip(frame)
     assert decoded == frame
     assert bytes(decoded.data) == jpg.tobytes()
@@ -230,9 +268,10 @@ def test_decode_accepts_zmq_frames() -> None:
 
 
 def test_obs_header_names_its_obs_kind() -> None:
-    assert header_of(face_obs())["obs_kind"] == "face"
-    assert header_of(quality_obs())["obs_kind"] == "quality"
+    assert header_of(face_obs())["payload"]["kind"] == "face"
+    assert header_of(quality_obs())["payload"]["kind"] == "quality"
     assert all(header_of(m)["v"] == SCHEMA_VERSION for m in header_messages())
+    assert all(next(iter(header_of(m))) == "v" for m in header_messages()), "v comes first"
 
 
 # ---------------------------------------------------------------------------- arbitrary bytes
@@ -296,17 +335,17 @@ def test_arbitrary_kind_bytes_are_unknown_or_decode(kind: bytes) -> None:
     try:
         msg = decode([kind, *parts[1:]])
     except UnknownKindError:
-        # an unknown tag, or "obs" whose header names no known obs_kind
-        assert kind not in MESSAGE_TYPES
+        # an unknown tag, or "obs" whose header names no known payload kind
+        assert kind not in MESSAGE_TYPES or kind == Obs.KIND
         return
     except DecodeError:
-        assert kind in MESSAGE_TYPES or kind == b"obs"
+        assert kind in MESSAGE_TYPES
         return
     assert kind == Watermark.KIND and msg == wm
 
 
 @settings(max_examples=100, deadline=None)
-@given(kind=st.binary(max_size=24).filter(lambda k: k not in MESSAGE_TYPES and k != b"obs"))
+@given(kind=st.binary(max_size=24).filter(lambda k: k not in MESSAGE_TYPES))
 def test_unknown_kind_is_rejected(kind: bytes) -> None:
     with pytest.raises(UnknownKindError):
         decode([kind, wire(Credit(n=1))[1]])
@@ -315,10 +354,10 @@ def test_unknown_kind_is_rejected(kind: bytes) -> None:
 def test_unknown_obs_kind_is_rejected() -> None:
     header = header_of(face_obs())
     for bad in ("gaze", "", 3, None):
-        header["obs_kind"] = bad
+        header["payload"]["kind"] = bad
         with pytest.raises(UnknownKindError):
             decode(with_header(face_obs(), header))
-    del header["obs_kind"]
+    del header["payload"]["kind"]
     with pytest.raises(UnknownKindError):
         decode(with_header(face_obs(), header))
 
@@ -370,10 +409,18 @@ def test_version_must_be_the_integer_schema_version(version: Any) -> None:
 # ---------------------------------------------------------------------------- fields
 
 
+def _fields(cls: type[Message]) -> list[tuple[str, Any, bool]]:
+    """(name, declared type, required) of a message's header fields (the payload ``data`` and
+    the version tag are not header fields)."""
+    hints = typing.get_type_hints(cls)
+    return [(f.name, hints[f.name], f.required) for f in msgspec.structs.fields(cls)
+            if f.name != "data"]
+
+
 def _required_fields() -> list[tuple[Message, str]]:
     out = []
     for msg in header_messages():
-        for name, _tp, required in schema._fields(type(msg)):
+        for name, _tp, required in _fields(type(msg)):
             if required:
                 out.append((msg, name))
     return out
@@ -403,8 +450,14 @@ def _wrong_values(tp: Any) -> list[Any]:
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
+        if all(isinstance(a, type) and issubclass(a, msgspec.Struct) for a in inner):
+            return ["abc", 5, [1, 2]] + ([] if type(None) in args else [None])
         assert len(inner) == 1
         return [v for v in _wrong_values(inner[0]) if v is not None]
+    if origin is typing.Literal:
+        return [5, None, True, "".join(map(str, args)) + "x"]
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return ["abc", 5, None, True]
     if tp is int:
         return ["5", 5.0, True, None, [5], {"n": 5}]
     if tp is float:
@@ -425,11 +478,10 @@ def _wrong_values(tp: Any) -> list[Any]:
 def _wrong_typed_cases() -> list[tuple[Message, str, Any]]:
     out = []
     for msg in header_messages():
-        hints = typing.get_type_hints(type(msg))
-        for name, _tp, _required in schema._fields(type(msg)):
-            if hints[name] is Any:
+        for name, tp, _required in _fields(type(msg)):
+            if tp is Any:
                 continue
-            for value in _wrong_values(hints[name]):
+            for value in _wrong_values(tp):
                 out.append((msg, name, value))
     return out
 
@@ -454,7 +506,7 @@ def test_seq_as_string_is_rejected() -> None:
 
 
 def test_nested_list_items_are_type_checked() -> None:
-    hello = Hello(component="c", group="g", pid=1)
+    hello = Hello(component="c", group="g", pid=1, streams=["video"])
     header = header_of(hello)
     header["streams"] = ["video", 3]
     with pytest.raises(DecodeError, match="streams"):
@@ -470,9 +522,9 @@ def test_nested_list_items_are_type_checked() -> None:
 def test_int_is_accepted_where_float_is_declared() -> None:
     q = quality_obs()
     header = header_of(q)
-    header["blur"] = 150
+    header["payload"]["blur"] = 150
     decoded = decode(with_header(q, header))
-    assert decoded.blur == 150.0 and type(decoded.blur) is float
+    assert decoded.payload.blur == 150.0 and type(decoded.payload.blur) is float
 
 
 @pytest.mark.parametrize("header", [[1, 2], "v", 1, None], ids=repr)
@@ -481,21 +533,48 @@ def test_header_that_is_not_a_map_is_rejected(header: Any) -> None:
         decode([Credit.KIND, msgpack.packb(header)])
 
 
+def _with_fields(msg: Message, **changes: Any) -> list[bytes]:
+    """``msg`` on the wire with header fields changed (values the constructor would refuse)."""
+    header = header_of(msg)
+    header.update(changes)
+    return with_header(msg, header)
+
+
+TRIG = Trig(rule="r", rule_kind="k", source_id="s", t_event_ns=5, t_start_ns=0, t_end_ns=9,
+            score=1.0)
+FACES = Obs(source_id="s", group="face", component="c", seq=0, t_ns=0, watermark_ns=0,
+            payload=Faces())
+
+
 @pytest.mark.parametrize("bad", [
-    Hello(component="c", group="g", pid=1, policy="sometimes"),
-    Hello(component="c", group="g", pid=1, encoding="png"),
-    Hello(component="c", group="g", pid=1, fps=0.0),
-    Hello(component="c", group="g", pid=1, fps=-5.0),
-    Credit(n=-1),
-    Credit(n=1_000_001),
-    Trig(rule="r", rule_kind="k", source_id="s", t_event_ns=5, t_start_ns=10, t_end_ns=9,
-         score=1.0),
-    FaceObs(source_id="s", group="face", component="c", seq=0, t_ns=0, watermark_ns=0,
-            faces=[{"track_id": 1}]),
-], ids=lambda m: type(m).__name__)
-def test_out_of_range_values_are_rejected(bad: Message) -> None:
+    _with_fields(Hello(component="c", group="g", pid=1), policy="sometimes"),
+    _with_fields(Hello(component="c", group="g", pid=1), encoding="png"),
+    _with_fields(Hello(component="c", group="g", pid=1), fps=0.0),
+    _with_fields(Hello(component="c", group="g", pid=1), fps=-5.0),
+    _with_fields(Hello(component="c", group="g", pid=1), fps=float("inf")),
+    _with_fields(Hello(component="c", group="g", pid=1), fps=1e10),
+    _with_fields(Hello(component="c", group="g", pid=1), fps=1e-300),
+    _with_fields(Credit(n=1), n=-1),
+    _with_fields(Credit(n=1), n=1_000_001),
+    _with_fields(TRIG, t_start_ns=10, t_end_ns=9),
+    _with_fields(TRIG, t_end_ns=2**63 - 1),
+    _with_fields(TRIG, score=float("nan")),
+    _with_fields(FACES, payload={"kind": "face", "faces": [{"track_id": 1}]}),
+    _with_fields(FACES, payload={"kind": "face", "faces": [
+        {**msgspec.to_builtins(a_face()), "expression": 5}]}),
+    _with_fields(FACES, payload={"kind": "face", "faces": [
+        {**msgspec.to_builtins(a_face()), "area_ratio": "x"}]}),
+    _with_fields(FACES, payload={"kind": "face", "faces": [
+        {**msgspec.to_builtins(a_face()), "box": [0.5, 0.5, 0.1, 0.1]}]}),
+    _with_fields(TRIG, evidence=[{"kind": "face", "seq": 1, "t_ns": 1,
+                                  "values": {"x": b"bytes"}}]),
+], ids=["policy", "encoding", "fps-0", "fps-negative", "fps-inf", "fps-1e10", "fps-1e-300",
+        "credit-negative", "credit-huge", "trig-window", "trig-end-beyond-2^62", "score-nan",
+        "face-without-box", "face-expression-number", "face-area-string", "face-box-reversed",
+        "evidence-bytes"])
+def test_out_of_range_values_are_rejected(bad: list[bytes]) -> None:
     with pytest.raises(DecodeError):
-        roundtrip(bad)
+        decode(bad)
 
 
 def test_bad_frame_geometry_and_encoding_are_rejected() -> None:
@@ -503,7 +582,7 @@ def test_bad_frame_geometry_and_encoding_are_rejected() -> None:
     for changes in ({"width": 0, "data": b""}, {"height": -1, "data": b""}, {"seq": -1},
                     {"encoding": "png"}):
         with pytest.raises(DecodeError):
-            roundtrip(dataclasses.replace(frame, **changes))
+            roundtrip(replace(frame, **changes))
 
 
 # ---------------------------------------------------------------------------- sizes and parts
@@ -551,7 +630,7 @@ def test_oversize_payload_is_rejected() -> None:
 @settings(max_examples=200, deadline=None)
 @given(width=st.integers(1, 16), height=st.integers(1, 16), length=st.integers(0, 1024))
 def test_raw_frame_payload_must_match_geometry(width: int, height: int, length: int) -> None:
-    frame = dataclasses.replace(bgr_frame()[0], width=width, height=height, data=b"")
+    frame = replace(bgr_frame()[0], width=width, height=height, data=b"")
     parts = wire(frame)
     if length == width * height * 3:
         decoded = decode([parts[0], parts[1], bytes(length)])
@@ -564,7 +643,7 @@ def test_raw_frame_payload_must_match_geometry(width: int, height: int, length: 
 @settings(max_examples=100, deadline=None)
 @given(n=st.integers(0, 64), channels=st.integers(1, 4), length=st.integers(0, 1024))
 def test_audio_payload_must_match_header(n: int, channels: int, length: int) -> None:
-    chunk = dataclasses.replace(audio_chunk()[0], n_samples=n, channels=channels, data=b"")
+    chunk = replace(audio_chunk()[0], n_samples=n, channels=channels, data=b"")
     parts = wire(chunk)
     if length == n * channels * 4:
         assert decode([parts[0], parts[1], bytes(length)]).samples().shape == (n, channels)
@@ -591,13 +670,14 @@ def test_fewer_than_two_parts_is_rejected(parts: list[bytes]) -> None:
 
 # ---------------------------------------------------------------------------- generated values
 
-names = st.text(max_size=20)
+names = st.from_regex(NAME_PATTERN, fullmatch=True)
+components = st.text(min_size=1, max_size=20)
 small_values = st.one_of(st.none(), st.booleans(), INT62, st.floats(allow_nan=False),
                          st.text(max_size=10))
 
 
 @settings(max_examples=200, deadline=None)
-@given(source_id=names, group=names, component=names, t_ns=INT62)
+@given(source_id=names, group=names, component=components, t_ns=INT62)
 def test_generated_watermarks_roundtrip_exactly(source_id: str, group: str, component: str,
                                                 t_ns: int) -> None:
     wm = Watermark(source_id=source_id, group=group, component=component, t_ns=t_ns)
@@ -605,28 +685,123 @@ def test_generated_watermarks_roundtrip_exactly(source_id: str, group: str, comp
 
 
 @settings(max_examples=200, deadline=None)
-@given(source_id=names, component=names, last_seq=INT62, t_end_ns=INT62, reason=names,
-       gaps=st.lists(st.tuples(INT62, INT62, names).map(list), max_size=4))
+@given(source_id=names, component=components,
+       last_seq=st.integers(min_value=-1, max_value=2**62), t_end_ns=INT62,
+       reason=st.text(max_size=20),
+       gaps=st.lists(st.tuples(st.integers(0, 2**61), st.integers(0, 2**40),
+                               st.sampled_from(["sampled", "latest", "no_member"]))
+                     .map(lambda g: Gap(g[0], g[0] + g[1], g[2])), max_size=4))
 def test_generated_eofs_roundtrip_exactly(source_id: str, component: str, last_seq: int,
-                                          t_end_ns: int, reason: str,
-                                          gaps: list[list[Any]]) -> None:
+                                          t_end_ns: int, reason: str, gaps: list[Gap]) -> None:
     eof = Eof(source_id=source_id, component=component, last_seq=last_seq, t_end_ns=t_end_ns,
               reason=reason, gaps=gaps)
     assert roundtrip(eof) == eof
 
 
 @settings(max_examples=200, deadline=None)
-@given(rule=names, rule_kind=names, source_id=names, t_event_ns=INT62,
+@given(rule=names, rule_kind=st.text(max_size=20), source_id=names, t_event_ns=INT62,
        window=st.lists(INT62, min_size=2, max_size=2).map(sorted),
-       score=st.floats(allow_nan=False),
-       evidence=st.lists(st.dictionaries(st.text(max_size=8), small_values, max_size=4),
-                         max_size=4),
+       score=st.floats(min_value=-1e9, max_value=1e9),
+       evidence=st.lists(st.builds(
+           Evidence, kind=st.text(max_size=8), component=st.text(max_size=8),
+           seq=st.integers(-1, 2**62), t_ns=INT62,
+           values=st.dictionaries(st.text(max_size=8), small_values, max_size=4)),
+           max_size=4),
        missing=st.lists(names, max_size=3))
 def test_generated_trigs_roundtrip_exactly(rule: str, rule_kind: str, source_id: str,
                                            t_event_ns: int, window: list[int], score: float,
-                                           evidence: list[dict[str, Any]],
+                                           evidence: list[Evidence],
                                            missing: list[str]) -> None:
     trig = Trig(rule=rule, rule_kind=rule_kind, source_id=source_id, t_event_ns=t_event_ns,
                 t_start_ns=window[0], t_end_ns=window[1], score=score, evidence=evidence,
                 missing=missing)
     assert roundtrip(trig) == trig
+
+
+# ---------------------------------------------------------------------------- payloads
+
+unit = st.floats(min_value=0.0, max_value=1.0)
+coord = st.floats(min_value=-1.0, max_value=2.0)
+degrees = st.floats(min_value=-180.0, max_value=180.0)
+boxes = st.tuples(unit, unit, unit, unit).map(
+    lambda b: Box(min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])))
+points2 = st.builds(Point2, coord, coord)
+expressions = st.builds(Expression, **{e: unit for e in EMOTIONS})
+faces = st.builds(Face, track_id=st.integers(0, 2**62), box=boxes, score=unit,
+                  landmarks=st.lists(points2, min_size=5, max_size=5),
+                  dense_landmarks=st.lists(points2, max_size=8), yaw=degrees, pitch=degrees,
+                  roll=degrees, expression=st.none() | expressions, area_ratio=unit)
+persons = st.builds(Person, box=boxes, score=unit,
+                    keypoints=st.lists(st.builds(Keypoint, coord, coord, unit), min_size=17,
+                                       max_size=17),
+                    left_hand_raised=st.booleans(), right_hand_raised=st.booleans())
+hands = st.builds(Hand, handedness=st.sampled_from(["left", "right"]), handedness_score=unit,
+                  landmarks=st.lists(st.builds(Point3, coord, coord,
+                                               st.floats(min_value=-10, max_value=10)),
+                                     min_size=21, max_size=21),
+                  gesture=st.sampled_from(GESTURES), score=unit)
+words = st.tuples(st.text(max_size=12), st.integers(-(2**61), 2**61), st.integers(0, 2**40),
+                  unit).map(lambda w: Word(word=w[0], t_ns=w[1], t_end_ns=w[1] + w[2],
+                                           probability=w[3]))
+payloads = st.one_of(
+    st.builds(Faces, faces=st.lists(faces, max_size=3)),
+    st.builds(Persons, persons=st.lists(persons, max_size=2)),
+    st.builds(Hands, hands=st.lists(hands, max_size=2)),
+    st.builds(QualityReading, blur=st.floats(min_value=0, max_value=1e9), brightness=unit,
+              contrast=unit, clipped_dark=unit, clipped_bright=unit, gate=st.booleans()),
+    st.builds(SpeechSegment, t_end_ns=st.integers(0, 2**61), text=st.text(max_size=40),
+              words=st.lists(words, max_size=4), language=st.text(max_size=4),
+              final=st.booleans()))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=payloads, seq=st.integers(0, 2**62), back=st.integers(0, 2**40))
+def test_every_payload_struct_roundtrips(payload: Any, seq: int, back: int) -> None:
+    t = payload.t_end_ns - back if isinstance(payload, SpeechSegment) else seq
+    msg = Obs(source_id="cam0", group=payload.KIND, component=f"extractor:{payload.KIND}#1",
+              seq=seq, t_ns=t, watermark_ns=t, payload=payload)
+    decoded = roundtrip(msg)
+    assert decoded == msg and type(decoded.payload) is type(payload)
+
+
+def _face_header(**face_changes: Any) -> list[bytes]:
+    face = {**msgspec.to_builtins(a_face()), **face_changes}
+    return _with_fields(FACES, payload={"kind": "face", "faces": [face]})
+
+
+@pytest.mark.parametrize("parts,field", [
+    (_with_fields(FACES, payload={"kind": "face",
+                                  "faces": [msgspec.to_builtins(a_face())] * 257}),
+     "payload.faces"),
+    (_face_header(dense_landmarks=[[0.5, 0.5]] * 1025), "dense_landmarks"),
+    (_face_header(landmarks=[[0.5, 0.5]] * 6), "landmarks"),
+    (_with_fields(FACES, payload={"kind": "speech", "t_end_ns": 5, "text": "a" * 100_001}),
+     "payload.text"),
+    (_with_fields(FACES, payload={"kind": "speech", "t_end_ns": 5, "words": [
+        {"word": "w" * 257, "t_ns": 0, "t_end_ns": 1}]}), "word"),
+    (_with_fields(TRIG, evidence=[{"kind": "k", "seq": 1, "t_ns": 1}] * 1001), "evidence"),
+    (_with_fields(TRIG, rule="../../etc/passwd"), "rule"),
+    (_with_fields(Hello(component="c", group="g", pid=1), group="a" * 65), "group"),
+    (_with_fields(Hello(component="c", group="g", pid=1), streams=["video", "audio", "video"]),
+     "streams"),
+], ids=["faces", "dense", "landmarks", "text", "word", "evidence", "rule-name", "group",
+        "streams"])
+def test_oversize_fields_are_rejected_naming_the_field(parts: list[bytes], field: str) -> None:
+    with pytest.raises(DecodeError, match=field) as exc:
+        decode(parts)
+    assert type(exc.value) is DecodeError
+
+
+@pytest.mark.parametrize("msg", header_messages(), ids=lambda m: type(m).__name__)
+def test_unknown_field_is_rejected_naming_it(msg: Message) -> None:
+    header = header_of(msg)
+    header["surprise"] = 1
+    with pytest.raises(DecodeError, match="'surprise'"):
+        decode(with_header(msg, header))
+
+
+def test_unknown_payload_tag_and_field_are_typed_errors() -> None:
+    with pytest.raises(UnknownKindError, match="payload.kind"):
+        decode(_with_fields(FACES, payload={"kind": "telepathy"}))
+    with pytest.raises(DecodeError, match="payload.mood"):
+        decode(_with_fields(FACES, payload={"kind": "face", "mood": 1}))

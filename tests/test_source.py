@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from momentbus.daemon.source import AUDIO_RATE, FileSource
+from momentbus.media import AUDIO_RATE, FileSource
 from momentbus.ipc.schema import AudioChunk, Frame
 from momentbus.ipc.timebase import pts_to_ns
 

@@ -1,4 +1,4 @@
-"""The wire and fusion packages are typed: ``mypy --strict`` passes on them (STYLE.md)."""
+"""The wire and fusion packages are typed: ``mypy --strict`` passes on them."""
 
 from __future__ import annotations
 

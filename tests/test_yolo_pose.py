@@ -16,16 +16,16 @@ ultralytics = pytest.importorskip(
 
 
 def test_yolo_pose_adapter_on_a_real_frame(sample):
-    from momentbus.daemon.source import FileSource
+    from momentbus.media import FileSource
     from momentbus.extractors.pose_yolo import YoloPoseExtractor
 
     ex = YoloPoseExtractor(model="yolo11n-pose.yaml", min_confidence=0.0)
     src = FileSource(sample("single_face.mp4"))
     frame = next(iter(src.items()))
     src.close()
-    out = ex.process(frame)
-    assert isinstance(out["persons"], list)
-    for person in out["persons"]:
-        assert len(person["keypoints"]) == 17
-        assert all(len(k) == 3 for k in person["keypoints"])
-        assert len(person["box"]) == 4 and 0 <= person["score"] <= 1
+    [result] = ex.process(frame)
+    assert isinstance(result.payload.persons, list)
+    for person in result.payload.persons:
+        assert len(person.keypoints) == 17
+        assert all(0 <= k.visibility <= 1 for k in person.keypoints)
+        assert person.box.x0 <= person.box.x1 and 0 <= person.score <= 1

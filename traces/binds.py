@@ -8,7 +8,6 @@ trace data (and, for the review page, the clips) to the network: callers require
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 
 __all__ = ["BindError", "is_loopback", "listen", "parse_bind"]
@@ -43,15 +42,13 @@ def parse_bind(text: str) -> tuple[str, int]:
 
 
 def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1). Any other name or
-    address, wildcards (``0.0.0.0``, ``::``) included, is not loopback. Names other than
-    ``localhost`` are not resolved (no DNS look-up to decide a security question)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1): the rule of the ZeroMQ
+    binds (:func:`momentbus.ipc.curve.is_loopback`) for an HTTP host. Wildcards (``0.0.0.0``,
+    ``::``) and other names are not; names are not resolved (no DNS look-up to decide a
+    security question)."""
+    from ..ipc.curve import is_loopback as endpoint_is_loopback
+
+    return endpoint_is_loopback(f"tcp://[{host}]:0" if ":" in host else f"tcp://{host}:0")
 
 
 def listen(host: str, port: int, backlog: int = 64) -> socket.socket:

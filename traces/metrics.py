@@ -43,8 +43,10 @@ Gauges:
 * ``momentbus_watermark_lag_seconds`` [group] (seconds): ``watermark`` ``lag_ms``.
 * ``momentbus_member_state`` [component, group, member, state] (0 or 1): ``member`` events.
 * ``momentbus_source_connected`` [source_id] (0 or 1): ``source``.
-* ``momentbus_clock_offset_seconds`` [host] (seconds, signed): ``member`` ``clock_offset_ns``.
-* ``momentbus_clock_rtt_seconds`` [host] (seconds): ``member`` ``rtt_ns``.
+* ``momentbus_clock_offset_seconds`` [component, peer, host] (seconds, signed): ``member``
+  event=clock ``clock_offset_ns`` (ipc/clock.py: the peer's wall clock minus this one's; host is
+  the peer's address where the observer knows it, else empty).
+* ``momentbus_clock_rtt_seconds`` [component, peer, host] (seconds): the same records' ``rtt_ns``.
 * ``momentbus_role_finished`` [component] (0 or 1): ``summary``.
 
 With ``process_metrics=True`` the registry also holds prometheus_client's ``process_*`` metrics
@@ -136,11 +138,15 @@ CLIP_CUT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 
 #: ``member`` event -> state of ``momentbus_member_state``; other events change no state.
 _EVENT_STATE = {"join": "joined", "ready": "joined", "rejoin": "joined", "idle": "idle",
-                "leave": "left", "end": "left"}
+                "leave": "left", "end": "left", "lost": "left", "superseded": "left"}
+#: ``source`` events that say the source is (or is again) delivering, and those that say it is not;
+#: the others (retry, loop, reanchor, sender_clock, decode_error, resume) change no state.
+_SOURCE_UP = frozenset({None, "open", "connect", "reconnect", "first_frame"})
+_SOURCE_DOWN = frozenset({"disconnect", "stall", "connect_failed"})
 MEMBER_STATES = ("joined", "idle", "left")
 
 #: Record types counted under their own name in ``momentbus_trace_records_total``.
-_KNOWN_RECORDS = frozenset(RECORD_LEVELS) | {"watermark", "rule_disabled"}
+_KNOWN_RECORDS = frozenset(RECORD_LEVELS)
 #: Label values are cut to this length (a label is an index, not a store).
 _LABEL_MAX = 120
 
@@ -278,10 +284,12 @@ class TraceMetrics:
                                       "1 while the source is connected", ["source_id"],
                                       registry=r)
         self.clock_offset = Gauge("momentbus_clock_offset_seconds",
-                                  "Estimated wall-clock offset of a host (NTP-style)", ["host"],
-                                  registry=r)
+                                  "Estimated wall-clock offset of a peer's host, seen by "
+                                  "component (NTP-style, peer minus here)",
+                                  ["component", "peer", "host"], registry=r)
         self.clock_rtt = Gauge("momentbus_clock_rtt_seconds",
-                               "Round-trip time of the clock-offset probe", ["host"], registry=r)
+                               "Round-trip time of the clock-offset probe on a link",
+                               ["component", "peer", "host"], registry=r)
         self.role_finished = Gauge("momentbus_role_finished",
                                    "1 once a role wrote its end-of-run summary", ["component"],
                                    registry=r)
@@ -392,12 +400,11 @@ class TraceMetrics:
 
     def _member(self, r: Mapping[str, Any], comp: str) -> None:
         event = _label(r.get("event"), "unknown")
-        host = r.get("host")
-        if host is not None:
-            if r.get("clock_offset_ns") is not None:
-                self.clock_offset.labels(_label(host)).set(_number(r["clock_offset_ns"]) / 1e9)
+        if event == "clock" and r.get("clock_offset_ns") is not None:
+            link = (comp, _label(r.get("peer"), "?"), _label(r.get("host")))
+            self.clock_offset.labels(*link).set(_number(r["clock_offset_ns"]) / 1e9)
             if r.get("rtt_ns") is not None:
-                self.clock_rtt.labels(_label(host)).set(_seconds(r["rtt_ns"], 1e-9))
+                self.clock_rtt.labels(*link).set(_seconds(r["rtt_ns"], 1e-9))
         self.member_events.labels(comp, event).inc()
         state = _EVENT_STATE.get(event)
         if state is None:
@@ -411,19 +418,23 @@ class TraceMetrics:
     def _source(self, r: Mapping[str, Any], comp: str) -> None:
         source = _label(r.get("source_id"))
         event = r.get("event")
-        if event in (None, "connect", "reconnect"):
+        if event in _SOURCE_UP:
             connected = True
-        elif event in ("disconnect", "stall"):
+        elif event in _SOURCE_DOWN:
             connected = False
+        elif isinstance(event, str):
+            return
         else:
-            raise _Malformed(f"unknown source event {event!r}")
+            raise _Malformed(f"source event {event!r} is not a string")
         if event == "reconnect":
             self.source_reconnects.labels(source).inc()
         self._sources[source] = connected
         self.source_connected.labels(source).set(1 if connected else 0)
 
     def _watermark(self, r: Mapping[str, Any], comp: str) -> None:
-        self.watermark_lag.labels(_label(r.get("group"), "unknown")).set(_seconds(r.get("lag_ms")))
+        if r.get("lag_ms") is not None:  # None: the group's watermark or newest time unknown
+            self.watermark_lag.labels(_label(r.get("group"), "unknown")).set(
+                _seconds(r["lag_ms"]))
 
     def _summary(self, r: Mapping[str, Any], comp: str) -> None:
         bad = r.get("bad_messages")

@@ -12,8 +12,10 @@ from enum import IntEnum
 
 class Level(IntEnum):
     """How much a process traces. ``minimal``: errors, drops, membership, triggers, clips;
-    ``normal``: plus one ``timing`` record per processed frame and ``sync_delay``; ``verbose``:
-    plus bus-level detail (credits, per-frame dispatch)."""
+    ``normal``: plus one ``timing`` record per processed frame, ``sync_delay``, and fusion's
+    ``watermark`` (each group's watermark and lag, once a second); ``verbose``:
+    plus one ``dispatch`` record per item the frame bus sends a member (group, member, seq, the
+    member's credit left)."""
 
     off = 0
     minimal = 1
@@ -25,7 +27,8 @@ class Level(IntEnum):
         try:
             return cls[text.lower()]
         except KeyError:
-            raise ValueError(f"unknown trace level {text!r} (off, minimal, normal, verbose)") from None
+            raise ValueError(f"unknown trace level {text!r} "
+                             "(off, minimal, normal, verbose)") from None
 
 
 #: Minimum level at which each record type is written.
@@ -42,6 +45,6 @@ RECORD_LEVELS: dict[str, Level] = {
     "summary": Level.minimal,
     "timing": Level.normal,
     "sync_delay": Level.normal,
-    "progress": Level.normal,
+    "watermark": Level.normal,
     "dispatch": Level.verbose,
 }

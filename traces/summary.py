@@ -2,7 +2,9 @@
 
 Reads any trace JSONL, including one from a run that was cut short (a torn last line is
 skipped and counted). Latencies are the extractors' ``process_ms``; frames/s is processed frames
-over the span between a component's first and last timing record (wall clock).
+over the span between a component's first and last timing record (wall clock). ``damage`` is
+what the daemon could not read of its source (:class:`~momentbus.damage.Damage`, from its
+``summary`` record), ``None`` when the trace has no such report.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
+
+from ..damage import Damage
 
 
 def read_records(path: str | Path) -> tuple[list[dict[str, Any]], int]:
@@ -42,6 +46,10 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(s[lo] + (s[hi] - s[lo]) * (k - lo), 3)
 
 
+#: A live source's ``source`` events the summary counts.
+_LIVE_EVENTS = ("connect", "disconnect", "stall", "reconnect", "connect_failed", "reanchor")
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The summary as a JSON-friendly dict (see module doc for the definitions)."""
     timing: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -50,6 +58,10 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     sync: dict[str, list[float]] = defaultdict(list)
     late: Counter[str] = Counter()
     triggers, clips, errors, members, future = [], [], [], [], 0
+    source_events: list[dict[str, Any]] = []
+    clocks: dict[tuple[str, str], dict[str, Any]] = {}
+    capture_to_fusion: dict[str, list[float]] = defaultdict(list)
+    damage: Damage | None = None
     for r in records:
         kind = r.get("record")
         comp = str(r.get("component", "?"))
@@ -72,8 +84,18 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             clips.append(r)
         elif kind == "error":
             errors.append(r)
+        elif kind == "member" and r.get("event") == "clock":
+            clocks[(comp, str(r.get("peer", r.get("member", "?"))))] = r  # the latest wins
         elif kind == "member":
             members.append(r)
+        elif kind == "summary" and r.get("role") == "daemon" and "damage" in r:
+            damage = Damage.from_trace(r["damage"]) or damage
+        elif kind == "source" and r.get("event") in _LIVE_EVENTS:
+            source_events.append(r)
+        elif kind == "timing" and r.get("stage") == "fusion_in" \
+                and r.get("capture_to_fusion_ms") is not None:
+            capture_to_fusion[str(r.get("member", "?"))].append(
+                float(r["capture_to_fusion_ms"]))
     components = {}
     for comp, recs in sorted(timing.items()):
         ms = [float(x["process_ms"]) for x in recs]
@@ -86,6 +108,21 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             "p99_ms": percentile(ms, 99), "max_ms": round(max(ms), 3),
             "latency_p50_ms": percentile(lat, 50), "latency_p99_ms": percentile(lat, 99)}
     reads = [r for r in records if r.get("record") == "timing" and r.get("stage") == "read"]
+    live = None
+    if source_events:
+        by_event: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in source_events:
+            by_event[str(r["event"])].append(r)
+        after = [float(r.get("after_ms", 0)) for r in by_event["reconnect"]]
+        live = {
+            "connections": len(by_event["connect"]),
+            "disconnects": dict(Counter(str(r.get("reason")) for r in by_event["disconnect"])),
+            "stalls": len(by_event["stall"]),
+            "connect_failures": len(by_event["connect_failed"]),
+            "reconnect_ms": {"count": len(after), "p50": percentile(after, 50),
+                             "max": max(after)} if after else None,
+            "reanchors": len(by_event["reanchor"]),
+        }
     return {
         "records": len(records),
         "frames_read": len(reads),
@@ -108,6 +145,19 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                    "actual": [c.get("actual_start_ns"), c.get("actual_end_ns")]}
                   for c in clips],
         "errors": [{"component": e.get("component"), "error": e.get("error")} for e in errors],
+        "damage": None if damage is None else {**damage.to_trace(), "text": damage.describe()},
+        "live": live,
+        # capture (the daemon's clock) -> observation at fusion, per extractor, corrected for
+        # the hosts' clock offsets
+        "capture_to_fusion_ms": {m: {"count": len(v), "p50": percentile(v, 50),
+                                     "p99": percentile(v, 99)}
+                                 for m, v in sorted(capture_to_fusion.items())},
+        # the latest clock estimate of each link, from each end
+        "clocks": [{"by": by, "peer": peer, "host": r.get("host"),
+                    "offset_ms": round(r.get("clock_offset_ns", 0) / 1e6, 3),
+                    "rtt_ms": round(r.get("rtt_ns", 0) / 1e6, 3),
+                    "error_ms": round(r.get("clock_error_ns", 0) / 1e6, 3)}
+                   for (by, peer), r in sorted(clocks.items())],
     }
 
 
@@ -123,6 +173,34 @@ def render(summary: dict[str, Any], bad_lines: int = 0) -> None:
     out = Console()
     out.print(f"{summary['records']} records, {summary['frames_read']} frames read"
               + (f", {bad_lines} malformed line(s) skipped" if bad_lines else ""))
+    damage = summary.get("damage")
+    if damage is not None:
+        line = (f"data loss: {damage['text']}" if damage["lossy"]
+                else f"source: {damage['text']}, no damage")
+        out.print(f"[bold yellow]{line}" if damage["lossy"] else line, highlight=False,
+                  soft_wrap=True)
+    live = summary.get("live")
+    if live:
+        reconnect = live["reconnect_ms"]
+        out.print(f"live source: {live['connections']} connection(s), disconnects "
+                  + (", ".join(f"{k} {v}" for k, v in live["disconnects"].items()) or "none")
+                  + f", {live['stalls']} stall(s), {live['connect_failures']} failed "
+                  f"connect(s)"
+                  + (f", reconnected in {reconnect['p50']} ms (p50), {reconnect['max']} ms "
+                     f"(max)" if reconnect else "")
+                  + f", {live['reanchors']} re-anchoring(s)", highlight=False)
+    if summary.get("clocks"):
+        t = Table(title="clocks: each link's peer wall clock minus ours", title_justify="left")
+        for col in ("seen by", "peer", "host", "offset ms", "rtt ms", "+- ms"):
+            t.add_column(col, justify="right" if col.endswith("ms") else "left")
+        for c in summary["clocks"]:
+            t.add_row(c["by"].replace("extractor:", ""), c["peer"].replace("extractor:", ""),
+                      c["host"] or "-", str(c["offset_ms"]), str(c["rtt_ms"]),
+                      str(c["error_ms"]))
+        out.print(t)
+    for member, c in (summary.get("capture_to_fusion_ms") or {}).items():
+        out.print(f"capture -> fusion {member.replace('extractor:', '')}: p50 {c['p50']} ms, "
+                  f"p99 {c['p99']} ms ({c['count']} observations)", highlight=False)
     t = Table(title="components (process time)", title_justify="left")
     t.add_column("component", no_wrap=True)
     for col in ("frames", "fps", "p50 ms", "p95 ms", "p99 ms", "max ms", "e2e p50 ms"):

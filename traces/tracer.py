@@ -7,6 +7,7 @@ instead of stalling the pipeline) and/or to the process's own JSONL file (remote
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -53,9 +54,14 @@ class Tracer:
         self.source_id = source_id
         self.level = level
         self.lost = 0
+        # emit may be called from a library's thread too (refused peers from the ZAP handler)
+        self._lock = threading.Lock()
         self._bad_kinds: dict[str, int] = {}
+        self._observers: list[Callable[[dict[str, Any]], None]] = []
         self._sock: zmq.Socket | None = None
         self._file: IO[str] | None = None
+        #: the error that stopped writing ``path`` (disk full, ...), or ``None``
+        self.file_error: OSError | None = None
         if collector and level > Level.off:
             self._sock = sockets.connect(zmq.PUSH, collector, hwm=TRACE_HWM,
                                          linger_ms=TRACE_LINGER_MS)
@@ -74,8 +80,26 @@ class Tracer:
         body: dict[str, Any] = {"record": record, "wall_ns": wall_ns(),
                                 "component": self.component, "source_id": self.source_id}
         body.update(fields)
+        with self._lock:
+            self._write(record, body)
+        for observe in self._observers:
+            observe(body)
+
+    def add_observer(self, observe: Callable[[dict[str, Any]], None]) -> None:
+        """Also hand every record written to ``observe`` (e.g. ``TraceMetrics.observe`` behind
+        ``--metrics``), on the emitting thread; it must not raise."""
+        self._observers.append(observe)
+
+    def _write(self, record: str, body: dict[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(_json_line(body) + "\n")
+            try:
+                self._file.write(_json_line(body) + "\n")
+            except OSError as e:  # disk full: this process's own file stops, the role goes on
+                self.file_error = e
+                self.log.warning("trace_file_stopped", error=str(e))
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                self._file = None
         if self._sock is not None:
             if not sockets.try_send(self._sock, TraceRecord(record=record, fields=body)):
                 self.lost += 1
@@ -99,15 +123,25 @@ class Tracer:
     def bad_message_counts(self) -> dict[str, int]:
         return dict(self._bad_kinds)
 
+    def __enter__(self) -> Tracer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Write the bad-message counts, then close the socket (lingering up to
+        :data:`TRACE_LINGER_MS` to deliver the last records) and the file."""
         if self._bad_kinds:
             self.emit("bad_message", counts=self.bad_message_counts)
-        if self._sock is not None:
-            self._sock.close(TRACE_LINGER_MS)
-            self._sock = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close(TRACE_LINGER_MS)
+                self._sock = None
+            if self._file is not None:
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                self._file = None
 
 
 class TraceCollector:
@@ -115,6 +149,13 @@ class TraceCollector:
 
     Runs in a thread of the ``momentbus run`` parent. ``on_record`` sees each record (progress
     and summary). :meth:`stop` drains what is queued, waiting at most ``drain_s`` for stragglers.
+
+    A file that cannot be opened or written (disk full: ``ENOSPC``; ``EIO``; ...) never stops
+    the collector: it stops writing, remembers the first error in :attr:`write_error`, and goes
+    on receiving, counting and passing records to ``on_record``, so the run still ends with its
+    summary and can say what was saved. :attr:`count` is records received, :attr:`written`
+    records written whole to the file (the file may end in a torn line after an error).
+    The ``summary`` records (one per role, at its end) are kept in :attr:`summaries`.
     """
 
     def __init__(self, address: str, path: str | Path,
@@ -123,7 +164,12 @@ class TraceCollector:
         self.path = Path(path)
         self.on_record = on_record
         self.count = 0
+        self.written = 0
         self.bad = 0
+        #: the first error opening or writing the file (``None`` while all is written)
+        self.write_error: OSError | None = None
+        #: the ``summary`` records received, in arrival order
+        self.summaries: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -136,6 +182,29 @@ class TraceCollector:
         if self._error is not None:
             raise self._error
 
+    def _open(self) -> IO[str] | None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # line-buffered: `tail -f trace.jsonl` and jq work while the run goes on
+            return open(self.path, "w", encoding="utf-8", buffering=1)
+        except OSError as e:
+            self.write_error = e
+            return None
+
+    def _write(self, out: IO[str] | None, line: str) -> IO[str] | None:
+        """Write one line; on an error, remember it, close the file quietly, write no more."""
+        if out is None:
+            return None
+        try:
+            out.write(line)
+            self.written += 1
+            return out
+        except OSError as e:
+            self.write_error = e
+            with contextlib.suppress(OSError):
+                out.close()  # the buffered rest fails again: the file ends where it failed
+            return None
+
     def _run(self) -> None:
         try:
             sock = sockets.bind(zmq.PULL, self.address, hwm=100_000)
@@ -143,31 +212,33 @@ class TraceCollector:
             self._error = e
             self._ready.set()
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        inbox = sockets.Receiver(sock, (TraceRecord,), where="the trace collector")
         idle_polls = 0
-        # line-buffered: `tail -f trace.jsonl` and jq work while the run goes on
-        with open(self.path, "w", encoding="utf-8", buffering=1) as out:
-            self._ready.set()
-            while True:
-                if sock.poll(50):
-                    idle_polls = 0
-                    try:
-                        _, msg = sockets.recv(sock)
-                    except DecodeError:
-                        self.bad += 1
-                        continue
-                    if not isinstance(msg, TraceRecord):
-                        self.bad += 1
-                        continue
-                    out.write(_json_line(msg.fields) + "\n")
-                    self.count += 1
-                    if self.on_record is not None:
-                        self.on_record(msg.fields)
-                elif self._stop.is_set():
-                    idle_polls += 1
-                    if idle_polls >= 4:  # 200 ms with nothing after stop: drained
-                        break
-        sock.close(0)
+        out = self._open()
+        try:
+            with sock:
+                self._ready.set()
+                while True:
+                    msg = inbox.recv(50)
+                    if msg is not None:
+                        idle_polls = 0
+                        out = self._write(out, _json_line(msg.fields) + "\n")
+                        self.count += 1
+                        if msg.fields.get("record") == "summary":
+                            self.summaries.append(msg.fields)
+                        if self.on_record is not None:
+                            self.on_record(msg.fields)
+                    elif self._stop.is_set():
+                        idle_polls += 1
+                        if idle_polls >= 4:  # 200 ms with nothing after stop: drained
+                            break
+                self.bad = inbox.bad_total
+        finally:
+            if out is not None:
+                try:
+                    out.close()
+                except OSError as e:
+                    self.write_error = self.write_error or e
         sockets.remove_ipc_file(self.address)
 
     def stop(self, timeout: float = 10.0) -> None:
