@@ -186,3 +186,40 @@ def test_paging_is_in_event_time_order_and_at_ns_finds_the_page(tmp_path):
     assert at["offset"] == 500 and at["items"][0]["t_event_ns"] == 5_000_000_000
     assert folder.trigger(1)["t_event_ns"] == trigs[0]["t_event_ns"]
     assert folder.trigger(1001) is None
+
+
+def test_live_source_state_and_clock_links_follow_the_newest_records(tmp_path):
+    def source(event: str | None, **kw) -> dict:
+        return {"record": "source", "component": "daemon", "source_id": "cam", "wall_ns": 1,
+                **({"event": event} if event else {}), **kw}
+
+    trace = [source("open", path="rtsp://cam/stream", live=True), source("connect"),
+             source("first_frame"), source("stall"), source("retry", error="timed out")]
+    out = out_folder(tmp_path, trace, [])
+    folder = OutFolder(out)
+    folder.refresh()
+    st = folder.status()
+    assert st["source"] == {"source_id": "cam", "path": "rtsp://cam/stream", "live": True}
+    assert st["source_state"]["connected"] is False  # a retry leaves it as the stall did
+    assert [e["event"] for e in st["source_state"]["events"]] == [
+        "open", "connect", "first_frame", "stall", "retry"]
+    assert ("the live source is not connected (last event: retry, timed out)"
+            in st["problems"])
+    append(out / "trace.jsonl", line(source("reconnect", generation=1)) + line({
+        "record": "member", "component": "daemon", "event": "clock", "peer": "extractor:face#1",
+        "host": "10.200.0.2", "clock_offset_ns": -2_500_000_123, "rtt_ns": 400_000,
+        "clock_error_ns": 200_000, "wall_ns": 2}))
+    folder.refresh()
+    st = folder.status()
+    assert st["source_state"]["connected"] is True and st["source_state"]["reconnects"] == 1
+    assert not any("not connected" in p for p in st["problems"])
+    assert st["links"] == {"daemon -> extractor:face#1": {
+        "host": "10.200.0.2", "offset_ms": -2500.000123, "rtt_ms": 0.4, "error_ms": 0.2}}
+
+
+def test_a_file_source_has_no_connection_state(tmp_path):
+    out = out_folder(tmp_path, [{"record": "source", "component": "daemon", "source_id": "f",
+                                 "path": "a.mp4", "frames": 10, "wall_ns": 1}], [])
+    folder = OutFolder(out)
+    folder.refresh()
+    assert folder.status()["source_state"] == {"connected": None, "reconnects": 0, "events": []}

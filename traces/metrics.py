@@ -121,7 +121,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Pro
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from .binds import BindError, parse_bind
-from .records import RECORD_LEVELS
+from .records import RECORD_LEVELS, SOURCE_DOWN_EVENTS, SOURCE_UP_EVENTS
 
 __all__ = [
     "LATENCY_BUCKETS", "PROCESSING_BUCKETS", "SYNC_DELAY_BUCKETS", "CLIP_CUT_BUCKETS",
@@ -139,10 +139,7 @@ CLIP_CUT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 #: ``member`` event -> state of ``momentbus_member_state``; other events change no state.
 _EVENT_STATE = {"join": "joined", "ready": "joined", "rejoin": "joined", "idle": "idle",
                 "leave": "left", "end": "left", "lost": "left", "superseded": "left"}
-#: ``source`` events that say the source is (or is again) delivering, and those that say it is not;
-#: the others (retry, loop, reanchor, sender_clock, decode_error, resume) change no state.
-_SOURCE_UP = frozenset({None, "open", "connect", "reconnect", "first_frame"})
-_SOURCE_DOWN = frozenset({"disconnect", "stall", "connect_failed"})
+
 MEMBER_STATES = ("joined", "idle", "left")
 
 #: Record types counted under their own name in ``momentbus_trace_records_total``.
@@ -418,9 +415,9 @@ class TraceMetrics:
     def _source(self, r: Mapping[str, Any], comp: str) -> None:
         source = _label(r.get("source_id"))
         event = r.get("event")
-        if event in _SOURCE_UP:
+        if event in SOURCE_UP_EVENTS:
             connected = True
-        elif event in _SOURCE_DOWN:
+        elif event in SOURCE_DOWN_EVENTS:
             connected = False
         elif isinstance(event, str):
             return

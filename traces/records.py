@@ -48,3 +48,9 @@ RECORD_LEVELS: dict[str, Level] = {
     "watermark": Level.normal,
     "dispatch": Level.verbose,
 }
+
+#: ``source`` events (daemon/live.py) after which the source delivers frames, and those after
+#: which it does not; the others (retry, loop, reanchor, sender_clock, decode_error, resume)
+#: leave the connection as it was. A file's ``source`` record has no event: it is open.
+SOURCE_UP_EVENTS = frozenset({None, "open", "connect", "reconnect", "first_frame"})
+SOURCE_DOWN_EVENTS = frozenset({"disconnect", "stall", "connect_failed"})

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .records import SOURCE_DOWN_EVENTS, SOURCE_UP_EVENTS
+
 __all__ = ["JsonlTail", "OutFolder", "CLIP_NAME"]
 
 #: A clip or sidecar file name we serve: what ``clip.cutter.safe_name`` can produce, plus the
@@ -172,6 +174,12 @@ class _TraceIndex:
     clips: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     clip_errors: dict[tuple[str, int], str] = field(default_factory=dict)
     finished: set[str] = field(default_factory=set)
+    # a live source: connected now (None: never said), reconnects, its last events
+    connected: bool | None = None
+    reconnects: int = 0
+    source_events: list[dict[str, Any]] = field(default_factory=list)
+    # "component -> peer" -> the newest clock estimate of that link (ipc/clock.py)
+    links: dict[str, dict[str, Any]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     max_t: int = 0
     reads: int = 0
@@ -228,12 +236,36 @@ class _TraceIndex:
             t_event = _int(r.get("t_event_ns"))
             if t_event is not None:
                 self.clips[(str(r.get("rule")), t_event)] = r
-        elif kind == "source" and not self.source:
+        elif kind == "source":
+            self._source(r)
+        elif kind == "member" and r.get("event") == "clock":
+            offset, rtt = _int(r.get("clock_offset_ns")), _int(r.get("rtt_ns"))
+            if offset is not None:
+                self.links[f"{comp} -> {r.get('peer', '?')}"] = {
+                    "host": r.get("host"), "offset_ms": offset / 1e6,
+                    "rtt_ms": None if rtt is None else rtt / 1e6,
+                    "error_ms": (_int(r.get("clock_error_ns")) or 0) / 1e6}
+        elif kind == "summary" and r.get("role"):
+            self.finished.add(str(r.get("role")))
+
+    def _source(self, r: dict[str, Any]) -> None:
+        if not self.source:
             self.source = {k: r.get(k) for k in ("source_id", "path", "width", "height",
                                                  "duration_ns", "frames", "fps", "live")
                            if r.get(k) is not None}
-        elif kind == "summary" and r.get("role"):
-            self.finished.add(str(r.get("role")))
+        event = r.get("event")
+        if not isinstance(event, str):  # a file's source record: nothing to connect
+            return
+        if event in SOURCE_UP_EVENTS:
+            self.connected = True
+        elif event in SOURCE_DOWN_EVENTS:
+            self.connected = False
+        if event == "reconnect":
+            self.reconnects += 1
+        self.source_events.append({"event": event, "wall_ns": _int(r.get("wall_ns")),
+                                   "generation": _int(r.get("generation")),
+                                   "error": r.get("error")})
+        del self.source_events[:-MAX_LISTED]
 
     def drop_times(self) -> tuple[list[tuple[int, str, str]], int]:
         """((t_ns, group, reason) per dropped frame with a known time, count without one)."""
@@ -544,6 +576,10 @@ class OutFolder:
         missing files, malformed or torn lines, clip files missing on disk, failed clips).
         ``state``: ``finished`` (the clip role wrote its summary), ``running`` (files exist,
         no final summary yet: a live run, or one cut short) or ``empty``.
+        ``source_state``: a live source's ``connected`` (``None`` if never said), ``reconnects``
+        and its last :data:`MAX_LISTED` events. ``links``: ``"component -> peer"`` -> the newest
+        clock estimate of that link (``offset_ms`` peer minus here, ``rtt_ms``, ``error_ms``,
+        ``host``; ipc/clock.py).
         """
         with self._lock:
             tr = self._trace
@@ -596,6 +632,11 @@ class OutFolder:
                 problems.extend(group[:MAX_LISTED])
                 if len(group) > MAX_LISTED:
                     problems.append(f"... and {len(group) - MAX_LISTED} more {label}")
+            if tr.connected is False and "clip" not in tr.finished:
+                last = tr.source_events[-1] if tr.source_events else {}
+                problems.append(f"the live source is not connected (last event: "
+                                f"{last.get('event', '?')}"
+                                + (f", {last['error']}" if last.get("error") else "") + ")")
             placed, unplaced = tr.drop_times()
             if "clip" in tr.finished:
                 state = "finished"
@@ -610,6 +651,9 @@ class OutFolder:
                           "trace.jsonl": self.trace_file.exists,
                           "clips/": self.clips_dir.is_dir()},
                 "source": tr.source, "span_ns": self.span_ns(),
+                "source_state": {"connected": tr.connected, "reconnects": tr.reconnects,
+                                 "events": list(tr.source_events)},
+                "links": dict(sorted(tr.links.items())),
                 "counts": {"triggers": len(self._trigger_records()),
                            "clips": len(self._clip_files),
                            "trace_records": len(self.trace_file.records),

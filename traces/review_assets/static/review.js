@@ -137,6 +137,16 @@ async function loadStatus() {
     ["errors", c.errors, "", c.errors > 0],
     ["trace records", c.trace_records, c.malformed_lines ? c.malformed_lines + " malformed" : "", c.malformed_lines > 0],
   ];
+  const live = st.source_state || {};
+  if (live.connected !== null && live.connected !== undefined) {
+    const last = (live.events || []).slice(-1)[0];
+    stats.splice(1, 0, ["live source", live.connected ? "connected" : "not connected",
+                        `${live.reconnects} reconnect(s)` + (last ? ` · last: ${last.event}` : ""), !live.connected]);
+  }
+  for (const [link, est] of Object.entries(st.links || {})) {
+    stats.push([`clock ${link}`, `${est.offset_ms >= 0 ? "+" : ""}${est.offset_ms.toFixed(1)} ms`,
+                (est.rtt_ms !== null ? `rtt ${est.rtt_ms.toFixed(2)} ms` : "") + (est.host ? ` · ${est.host}` : "")]);
+  }
   document.getElementById("stats").replaceChildren(...stats.map(([label, value, sub, bad]) =>
     el("div", {class: "stat" + (bad ? " bad" : "")}, el("b", {}, fmt(value)), el("span", {}, label + (sub ? " · " + sub : "")))));
   document.getElementById("errors").textContent = st.errors.length
