@@ -31,6 +31,14 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="how much to trace (default: normal)")
     g.add_argument("--log-level", default="warning",
                    choices=["debug", "info", "warning", "error"], help="stderr log level")
+    _metrics_argument(g)
+
+
+def _metrics_argument(g: Any) -> None:
+    g.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics (/metrics) and /healthz, /readyz here, counted "
+                        "from this process's trace records (off by default; port 0 picks a free "
+                        "port; a non-loopback address needs --insecure)")
 
 
 def _fps(text: str) -> float:
@@ -156,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write every observation fusion receives to OUT/obs.jsonl")
     p.add_argument("--trace-level", default="normal",
                    choices=["off", "minimal", "normal", "verbose"])
+    _metrics_argument(p)
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --metrics address (a warning is printed)")
     _clip_options(p)
     _live_arguments(p)
 
@@ -276,6 +287,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="summary: print JSON instead of tables")
     p.add_argument("-o", "--output", default="timeline.png", help="plot: PNG path")
 
+    p = sub.add_parser("review", help="a web page over a run's OUT folder: triggers, clips, "
+                                      "processing time and sync delays",
+                       description="Serve a page over OUT (a finished run, or a live one: the "
+                                   "page updates as triggers, clips and trace records arrive): "
+                                   "the source's timeline with every trigger (rule, onset, clip "
+                                   "window, score, missing modalities); click one to play its "
+                                   "clip and list its evidence; per-component lanes of "
+                                   "processing time and sync delay, drops and late "
+                                   "observations from trace.jsonl. Works offline (no CDN). "
+                                   "Prints the page's URL on stderr once it listens.")
+    p.add_argument("out", metavar="OUT", help="the run's output folder (momentbus run --out)")
+    p.add_argument("--bind", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="where to serve (default: 127.0.0.1:8080; port 0 picks a free port)")
+    p.add_argument("--token", help="require this token on every request (?token=T, or the "
+                                   "header Authorization: Bearer T); the printed URL has it")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --bind without --token (anyone who can reach "
+                        "the port sees the clips)")
+
     p = sub.add_parser("keys", help="make CURVE keys for roles on other machines",
                        description="init DIR: a server key pair and a 'default' client pair "
                                    "(secrets 0600, folder 0700). add DIR NAME: one more client. "
@@ -302,14 +332,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tracer(args: argparse.Namespace, component: str) -> Any:
+@contextlib.contextmanager
+def _tracer(args: argparse.Namespace, component: str, expected_groups: Sequence[str] = (),
+            live_source: bool = False) -> Iterator[Any]:
+    """This role's tracer, closed at the end; with ``--metrics`` its records also feed a
+    Prometheus endpoint (``/readyz``: ``expected_groups`` joined, the live source connected)."""
     from .traces.logs import configure_logging
     from .traces.records import Level
     from .traces.tracer import Tracer
 
     configure_logging(args.log_level)
-    return Tracer(component, collector=args.trace_collector, path=args.trace_file,
-                  level=Level.parse(args.trace_level))
+    with contextlib.ExitStack() as stack:
+        tracer = stack.enter_context(Tracer(component, collector=args.trace_collector,
+                                            path=args.trace_file,
+                                            level=Level.parse(args.trace_level)))
+        if args.metrics:
+            metrics = _serve_metrics(args, stack, expected_groups, live_source)
+            tracer.add_observer(metrics.observe)
+        yield tracer
+
+
+def _serve_metrics(args: argparse.Namespace, stack: contextlib.ExitStack,
+                   expected_groups: Sequence[str], live_source: bool) -> Any:
+    """Start ``--metrics`` (closed with ``stack``) and say where on stderr; a bad or
+    non-loopback address without ``--insecure`` is a :class:`UserError`."""
+    from .traces.binds import BindError, is_loopback, parse_bind
+    from .traces.metrics import TraceMetrics, serve_metrics
+
+    try:
+        host, _ = parse_bind(args.metrics)
+        if not is_loopback(host) and not args.insecure:
+            raise UserError(f"--metrics {args.metrics}: not a loopback address; the metrics "
+                            f"show the run to anyone who can reach the port: add --insecure "
+                            f"to serve them there anyway")
+        metrics = TraceMetrics(process_metrics=True)
+        server = stack.enter_context(serve_metrics(args.metrics, metrics,
+                                                   expected_groups=expected_groups,
+                                                   live_source=live_source))
+    except BindError as e:
+        raise UserError(f"--metrics: {e}") from None
+    if args.insecure and not is_loopback(host):
+        print(f"momentbus: warning: --insecure: metrics served on {server.url} to anyone who "
+              f"can reach it", file=sys.stderr)
+    print(f"momentbus: metrics at {server.url}/metrics", file=sys.stderr, flush=True)
+    return metrics
 
 
 @contextlib.contextmanager
@@ -359,9 +425,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from .media import probe
 
     live = _live_options(args)
-    if not is_microphone(args.source) and not is_live(args.source, live):
+    live_source = not is_microphone(args.source) and is_live(args.source, live)
+    if not is_microphone(args.source) and not live_source:
         probe(args.source, require_video=not args.audio_only)
-    with _tracer(args, "daemon") as tracer, _secured(args, tracer, (args.bind,)):
+    with _tracer(args, "daemon", _groups(args.expect), live_source=live_source) as tracer, \
+            _secured(args, tracer, (args.bind,)):
         return run(DaemonConfig(args.source, args.bind, args.fusion, _groups(args.expect),
                                 args.wait, require_video=not args.audio_only, state=args.state,
                                 live=live, duration_s=args.duration), tracer,
@@ -390,7 +458,7 @@ def cmd_extractor(args: argparse.Namespace) -> int:
                        _encoding_for(args.encoding, args.daemon),
                        daemon_timeout_s=args.daemon_timeout)
     options = {"threads": args.threads} if args.threads else {}
-    with _tracer(args, cfg.component) as tracer, _secured(args, tracer):
+    with _tracer(args, cfg.component, [cfg.group_name]) as tracer, _secured(args, tracer):
         # load the model before joining: ready = loaded
         extractor = build(args.kind, args.backend, **options)
         return run(cfg, tracer, stop, extractor)
@@ -403,7 +471,8 @@ def cmd_fusion(args: argparse.Namespace) -> int:
     from .lifecycle import StopFlag
 
     specs = load_rules(args.rules)
-    with _tracer(args, "fusion") as tracer, _secured(args, tracer, (args.bind,)):
+    with _tracer(args, "fusion", _groups(args.expect)) as tracer, \
+            _secured(args, tracer, (args.bind,)):
         return run(FusionConfig(args.bind, args.out, args.clip, _groups(args.expect),
                                 int(args.idle_timeout * 1e9), save_obs=args.save_obs,
                                 resume=args.resume), specs, tracer, StopFlag().install())
@@ -427,16 +496,22 @@ def cmd_clip(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon.live import is_live
     from .lifecycle import StopFlag
-    from .run import RunOptions, run_pipeline
+    from .run import RunOptions, plan_extractors, run_pipeline
 
-    return run_pipeline(RunOptions(
+    opts = RunOptions(
         source=args.source, out_dir=args.out, rules=args.rules,
         extractors=_groups(args.extractors), fps=args.fps, restart_budget=args.restart_budget,
         quiet=args.quiet, trace_level=args.trace_level, save_obs=args.save_obs,
         clip_format=args.clip_format, clip_mode=args.clip_mode, live=_live_options(args),
-        duration_s=args.duration, workers=args.workers),
-        StopFlag().install()).exit_code
+        duration_s=args.duration, workers=args.workers)
+    with contextlib.ExitStack() as stack:
+        metrics = None
+        if args.metrics:  # one endpoint for the whole run, from the records the run collects
+            metrics = _serve_metrics(args, stack, list(plan_extractors(opts.extractors)),
+                                     is_live(opts.source, opts.live))
+        return run_pipeline(opts, StopFlag().install(), metrics).exit_code
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -530,6 +605,16 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from .traces.review import USER_ERRORS, serve
+
+    try:
+        serve(args.out, args.bind, token=args.token, insecure=args.insecure)
+    except USER_ERRORS as e:
+        raise UserError(f"review: {e}") from None
+    return ExitCode.OK
+
+
 def cmd_rules(args: argparse.Namespace) -> int:
     from .fusion.rules import describe_spec, load_rules
 
@@ -542,7 +627,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "daemon": cmd_daemon, "extractor": cmd_extractor, "fusion": cmd_fusion,
     "clip": cmd_clip, "extract": cmd_extract, "samples": cmd_samples, "trace": cmd_trace,
-    "demo": cmd_demo, "rules": cmd_rules, "keys": cmd_keys,
+    "demo": cmd_demo, "rules": cmd_rules, "keys": cmd_keys, "review": cmd_review,
 }
 
 

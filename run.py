@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -45,6 +45,9 @@ from .traces.summary import percentile
 from .endings import Ending
 from .outputs import check_out_dir
 from .rundir import claim_run_dir
+
+if TYPE_CHECKING:  # prometheus_client is imported only when --metrics is given
+    from .traces.metrics import TraceMetrics
 
 
 @dataclass(frozen=True)
@@ -213,8 +216,12 @@ def plan_extractors(specs: Sequence[str]) -> dict[str, int | None]:
             for kind, asked in counts.items()}
 
 
-def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
+def run_pipeline(opts: RunOptions, stop: StopFlag, metrics: TraceMetrics | None = None,
+                 ) -> RunResult:
     """Run the whole pipeline on ``opts.source`` until it ends or ``stop`` is set.
+
+    ``metrics`` (``momentbus run --metrics``) is fed every trace record the run collects, as it
+    arrives, so an endpoint serving it shows the whole local run.
 
     Raises:
         SourceError: the source is missing, not media, or has no video (before anything starts).
@@ -230,14 +237,14 @@ def run_pipeline(opts: RunOptions, stop: StopFlag) -> RunResult:
                           if spec.partition(":")[0] in known})
         fork_server = ForkServer(preload).start()
     try:
-        return _run_pipeline(opts, stop, fork_server)
+        return _run_pipeline(opts, stop, metrics, fork_server)
     finally:
         if fork_server is not None:
             fork_server.close()
 
 
-def _run_pipeline(opts: RunOptions, stop: StopFlag, fork_server: ForkServer | None,
-                  ) -> RunResult:
+def _run_pipeline(opts: RunOptions, stop: StopFlag, metrics: TraceMetrics | None,
+                  fork_server: ForkServer | None) -> RunResult:
     check_out_dir(opts.out_dir)  # a file, read-only or full: one line, exit 2 (outputs.py)
     from .extractors.base import ExtractorError, stream_of, takes_option
 
@@ -276,7 +283,12 @@ def _run_pipeline(opts: RunOptions, stop: StopFlag, fork_server: ForkServer | No
 
     from .traces.tracer import TraceCollector
 
-    collector = TraceCollector(addr["trace"], out / "trace.jsonl", on_record=stats.on_record)
+    def on_record(record: dict[str, Any]) -> None:
+        stats.on_record(record)
+        if metrics is not None:
+            metrics.observe(record)
+
+    collector = TraceCollector(addr["trace"], out / "trace.jsonl", on_record=on_record)
     collector.start()
     sup_events: list[str] = []
     lost: list[str] = []  # extractors that died for good: the run goes on without them

@@ -12,7 +12,8 @@ from enum import IntEnum
 
 class Level(IntEnum):
     """How much a process traces. ``minimal``: errors, drops, membership, triggers, clips;
-    ``normal``: plus one ``timing`` record per processed frame and ``sync_delay``; ``verbose``:
+    ``normal``: plus one ``timing`` record per processed frame, ``sync_delay``, and fusion's
+    ``watermark`` (each group's watermark and lag, once a second); ``verbose``:
     plus one ``dispatch`` record per item the frame bus sends a member (group, member, seq, the
     member's credit left)."""
 
@@ -44,5 +45,12 @@ RECORD_LEVELS: dict[str, Level] = {
     "summary": Level.minimal,
     "timing": Level.normal,
     "sync_delay": Level.normal,
+    "watermark": Level.normal,
     "dispatch": Level.verbose,
 }
+
+#: ``source`` events (daemon/live.py) after which the source delivers frames, and those after
+#: which it does not; the others (retry, loop, reanchor, sender_clock, decode_error, resume)
+#: leave the connection as it was. A file's ``source`` record has no event: it is open.
+SOURCE_UP_EVENTS = frozenset({None, "open", "connect", "reconnect", "first_frame"})
+SOURCE_DOWN_EVENTS = frozenset({"disconnect", "stall", "connect_failed"})

@@ -57,6 +57,7 @@ class Tracer:
         # emit may be called from a library's thread too (refused peers from the ZAP handler)
         self._lock = threading.Lock()
         self._bad_kinds: dict[str, int] = {}
+        self._observers: list[Callable[[dict[str, Any]], None]] = []
         self._sock: zmq.Socket | None = None
         self._file: IO[str] | None = None
         #: the error that stopped writing ``path`` (disk full, ...), or ``None``
@@ -81,6 +82,13 @@ class Tracer:
         body.update(fields)
         with self._lock:
             self._write(record, body)
+        for observe in self._observers:
+            observe(body)
+
+    def add_observer(self, observe: Callable[[dict[str, Any]], None]) -> None:
+        """Also hand every record written to ``observe`` (e.g. ``TraceMetrics.observe`` behind
+        ``--metrics``), on the emitting thread; it must not raise."""
+        self._observers.append(observe)
 
     def _write(self, record: str, body: dict[str, Any]) -> None:
         if self._file is not None:
