@@ -453,12 +453,12 @@ class FrameBusServer:
                     group.acked_below = max(group.acked_below, item.seq + 1)
             return
         if self.ring is not None and isinstance(item, Frame):
-            img = item.image()
-            slot = self.ring.put(img)
-            if slot is None:  # only a `latest`-only (live) source gets here: drop, say so
+            leased = self.ring.put(item.image())
+            if leased is None:  # only a `latest`-only (live) source gets here: drop, say so
                 self._trace("frame_drop", group="*", seqs=[item.seq], reason="no_shm_slot")
                 return
-            item = replace(item, data=self.ring.view(slot, img.shape), encoding="shm",
+            slot, pixels = leased
+            item = replace(item, data=pixels, encoding="shm",
                            shm=ShmRef(self.ring.name, self.ring.offset(slot)))
         self._publish(item, stream)
         self._release(item)  # the publisher's own lease (slot freed if no group took it)

@@ -14,6 +14,7 @@ against ~240 for raw pyzmq over ipc: the bus is the bottleneck for pixels, not f
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from multiprocessing import resource_tracker, shared_memory
@@ -40,13 +41,18 @@ class SlotRing:
         self.name = self.shm.name
         self.refs = [0] * n_slots
         self._free = list(range(n_slots - 1, -1, -1))
+        #: the whole block as flat bytes: a slot's view is a slice of it (~0.3 us), where a
+        #: new ``np.frombuffer`` of a memoryview slice and ``np.prod`` cost ~5 us per frame
+        self._bytes: NDArray[np.uint8] = np.frombuffer(self.shm.buf, np.uint8)
 
     @property
     def free(self) -> int:
         return len(self._free)
 
-    def put(self, frame: NDArray[np.uint8]) -> int | None:
-        """Copy ``frame`` into a free slot (reference count 1: the caller's); ``None`` if full.
+    def put(self, frame: NDArray[np.uint8]) -> tuple[int, NDArray[np.uint8]] | None:
+        """Copy ``frame`` into a free slot (reference count 1: the caller's): ``(slot, view of
+        the copy)``, or ``None`` if every slot is leased. The copy is the one pass over the
+        pixels the shared-memory path makes (a memcpy: ~170 us for 720p BGR here).
 
         Raises:
             ValueError: the frame is larger than a slot.
@@ -56,17 +62,18 @@ class SlotRing:
         if not self._free:
             return None
         slot = self._free.pop()
-        self.view(slot, frame.shape)[...] = frame
+        view = self.view(slot, frame.shape)
+        view[...] = frame
         self.refs[slot] = 1
-        return slot
+        return slot, view
 
     def offset(self, slot: int) -> int:
         return slot * self.slot_bytes
 
     def view(self, slot: int, shape: tuple[int, ...]) -> NDArray[np.uint8]:
-        n = int(np.prod(shape))
-        buf = self.shm.buf[self.offset(slot): self.offset(slot) + n]
-        return np.frombuffer(buf, np.uint8).reshape(shape)
+        """The first ``prod(shape)`` bytes of ``slot`` as a uint8 array of ``shape`` (no copy)."""
+        start = slot * self.slot_bytes
+        return self._bytes[start:start + math.prod(shape)].reshape(shape)
 
     def hold(self, slot: int) -> None:
         self.refs[slot] += 1
@@ -86,6 +93,7 @@ class SlotRing:
 
     def close(self) -> None:
         """Unmap and unlink the block (idempotent)."""
+        self._bytes = np.empty(0, np.uint8)  # drop our export of the mapping
         try:
             self.shm.close()
         except BufferError:  # a view is still referenced; the mapping goes with the process
