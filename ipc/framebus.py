@@ -158,6 +158,8 @@ class _Group:
         return self.stream != "video" or self.sampler(t_ns)
 
     def waiting(self) -> int:
+        if not self.pinned:  # the usual case, asked several times a frame
+            return len(self.queue)
         return len(self.queue) + sum(len(q) for q in self.pinned.values())
 
     def passed_by_all(self, seq: int) -> bool:
@@ -391,8 +393,11 @@ class FrameBusServer:
                 self._heartbeat(member)
 
     def _expire_pins(self) -> None:
+        groups = [g for g in self.groups.values() if g.pinned_until]
+        if not groups:  # the usual case: checked several times a frame
+            return
         now = self._now()
-        for group in self.groups.values():
+        for group in groups:
             for instance, until in list(group.pinned_until.items()):
                 if self._instance(group.name, instance) is not None:
                     del group.pinned_until[instance]  # it came back: its items wait for it

@@ -104,7 +104,9 @@ class SlotRing:
             pass
 
 
-_attached: dict[str, shared_memory.SharedMemory] = {}
+#: reader side: each attached block, and its whole mapping as flat bytes (a frame's view is a
+#: slice of it)
+_attached: dict[str, tuple[shared_memory.SharedMemory, NDArray[np.uint8]]] = {}
 
 
 def open_untracked(name: str) -> shared_memory.SharedMemory:
@@ -127,30 +129,32 @@ def attach_view(name: str, offset: int, height: int, width: int) -> NDArray[np.u
         DecodeError: no such shared-memory block (another host, or the daemon is gone), or the
             frame lies outside it.
     """
-    if not name.startswith(NAME_PREFIX) or "/" in name:
-        raise DecodeError(f"not a momentbus shared-memory name: {name!r}")
-    shm = _attached.get(name)
-    if shm is None:
+    attached = _attached.get(name)
+    if attached is None:
+        if not name.startswith(NAME_PREFIX) or "/" in name:
+            raise DecodeError(f"not a momentbus shared-memory name: {name!r}")
         try:
             shm = open_untracked(name)
         except FileNotFoundError:
             raise DecodeError(f"shared memory {name} not found: is the daemon on this host? "
                               "(use encoding raw or jpeg across hosts)") from None
-        _attached[name] = shm
+        attached = _attached[name] = (shm, np.frombuffer(shm.buf, np.uint8))
+    block = attached[1]
     n = height * width * 3
-    if offset < 0 or offset + n > shm.size:
+    if offset < 0 or offset + n > block.size:
         raise DecodeError(f"frame at {offset} outside shared memory {name}")
-    return np.frombuffer(shm.buf[offset:offset + n], np.uint8).reshape(height, width, 3)
+    return block[offset:offset + n].reshape(height, width, 3)
 
 
 def detach_all() -> None:
     """Close every attached block (reader side, at exit)."""
-    for shm in _attached.values():
+    while _attached:
+        _, (shm, block) = _attached.popitem()
+        del block  # our own export of the mapping
         try:
             shm.close()
         except BufferError:  # a view is still alive somewhere: the OS unmaps at exit
             pass
-    _attached.clear()
 
 
 def remove_leftovers(owner_pid: int) -> int:
