@@ -2,6 +2,7 @@
 shared-memory limit, and what a slow subscriber sees.
 
     uv run python bench/transport.py [--quick] [--json FILE] [--systems shm,ring] [--no-slow]
+                                     [--frames N]
 
 Throughput: for 720p and 1080p BGR frames and 1 and 3 subscribers (each in its own process,
 doing no work but touching the first and last byte of each frame), frames/s delivered per
@@ -427,9 +428,14 @@ def main() -> None:
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help=f"comma-separated subset of {','.join(SYSTEMS)} (throughput table)")
     ap.add_argument("--no-slow", action="store_true", help="skip the slow-subscriber runs")
+    ap.add_argument("--frames", type=int, default=None,
+                    help="frames per throughput run, both sizes (--quick: 300 and 200, which "
+                         "the shared-memory rows deliver in ~0.1 s: noisy on a busy machine)")
     args = ap.parse_args()
     chosen = [SYSTEMS[k] for k in args.systems.split(",")]
     n = {"720p": 300, "1080p": 200} if args.quick else {"720p": 1000, "1080p": 600}
+    if args.frames:
+        n = dict.fromkeys(n, args.frames)
     slow_s = args.slow_seconds or (5.0 if args.quick else 10.0)
     records: list[dict[str, Any]] = []
     tmp = tempfile.mkdtemp(prefix="mbbench-")
