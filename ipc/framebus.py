@@ -33,6 +33,12 @@ fusion.
 Resuming (a restarted daemon): members report in their Hello the last seq they finished; an item
 every current member of a group has passed is not sent to that group again, and
 :meth:`FrameBusServer.resume_from` skips what a state file says every group acknowledged.
+
+Cost. Each member costs the daemon one message out and one credit back per item. Over ``ipc://``
+that round is ~29 us of CPU at each end and ~55 us of wall time on the project's 2-core machine
+even in bare pyzmq (ZeroMQ's I/O threads and the wake-ups between them), on top of the one copy
+of the pixels into shared memory (:meth:`~momentbus.ipc.shm.SlotRing.put`). With many members
+and small frames that, not the bookkeeping here, is what bounds frames/s (``bench/transport.py``).
 """
 
 from __future__ import annotations
