@@ -1,7 +1,8 @@
 """Frame transport on one host: the momentbus frame bus against public baselines and the
 shared-memory limit, and what a slow subscriber sees.
 
-    uv run python bench/transport.py [--quick] [--json FILE]
+    uv run python bench/transport.py [--quick] [--json FILE] [--systems shm,ring] [--no-slow]
+                                     [--frames N]
 
 Throughput: for 720p and 1080p BGR frames and 1 and 3 subscribers (each in its own process,
 doing no work but touching the first and last byte of each frame), frames/s delivered per
@@ -39,6 +40,9 @@ import numpy as np
 from momentbus.traces.summary import percentile
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
+#: ``--systems`` keys -> the system names in the tables
+SYSTEMS = {"shm": "momentbus shm", "raw": "momentbus raw", "pubsub": "pyzmq pubsub",
+           "imagezmq": "imagezmq pubsub", "ring": "shm ring"}
 TB = Fraction(1, 30)
 
 
@@ -76,7 +80,7 @@ def sub_momentbus(address: str, group: str, encoding: str, n: int, work_s: float
 
     client = FrameBusClient(address, Hello(component=f"bench:{group}", group=group,
                                            pid=os.getpid(), policy=policy, encoding=encoding),
-                            credits=1 if work_s else 2, server_timeout_s=30)
+                            credits=1 if work_s else 2, daemon_timeout_s=30)
     client.join(30)
     conn.send("ready")
     got, lat = 0, []
@@ -421,8 +425,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer frames (under 5 minutes)")
     ap.add_argument("--json", help="write the records here")
     ap.add_argument("--slow-seconds", type=float, default=None)
+    ap.add_argument("--systems", default=",".join(SYSTEMS),
+                    help=f"comma-separated subset of {','.join(SYSTEMS)} (throughput table)")
+    ap.add_argument("--no-slow", action="store_true", help="skip the slow-subscriber runs")
+    ap.add_argument("--frames", type=int, default=None,
+                    help="frames per throughput run, both sizes (--quick: 300 and 200, which "
+                         "the shared-memory rows deliver in ~0.1 s: noisy on a busy machine)")
     args = ap.parse_args()
+    chosen = [SYSTEMS[k] for k in args.systems.split(",")]
     n = {"720p": 300, "1080p": 200} if args.quick else {"720p": 1000, "1080p": 600}
+    if args.frames:
+        n = dict.fromkeys(n, args.frames)
     slow_s = args.slow_seconds or (5.0 if args.quick else 10.0)
     records: list[dict[str, Any]] = []
     tmp = tempfile.mkdtemp(prefix="mbbench-")
@@ -438,6 +451,8 @@ def main() -> None:
                 "shm ring": partial(run_shm_ring, size, subs, count),
             }
             for system, fn in runs.items():
+                if system not in chosen:
+                    continue
                 res = fn()
                 fps = statistics.median(r["fps"] for r in res)
                 lat = [x for r in res for x in r["lat"]]
@@ -451,6 +466,10 @@ def main() -> None:
                 print(f"{system:18} {size_name:6} {subs:4d} {fps:9.1f} {rec['p50_ms']:8.2f} "
                       f"{rec['p99_ms']:8.2f}" + ("" if rec["delivered_frac"] >= 0.999 else
                                                  f"  (received {rec['delivered_frac']:.0%})"))
+    if args.no_slow:
+        _print_ratios(records)
+        _write_json(args.json, records)
+        return
     print(f"\nslow subscriber: 720p, publisher 30 fps, 50 ms a frame, {slow_s:g} s")
     print(f"{'system':26} {'age p50 ms':>10} {'age max ms':>10} {'RSS growth MB':>14}")
     for system, fn in [("momentbus latest", lambda: slow_momentbus(slow_s, tmp)),
@@ -466,6 +485,12 @@ def main() -> None:
         records.append(rec)
         print(f"{system:26} {rec['slow_sub_age_p50_ms']:10.1f} {rec['slow_sub_age_max_ms']:10.1f} "
               f"{rec['rss_growth_mb']:14.1f}")
+    _print_ratios(records)
+    _write_json(args.json, records)
+
+
+def _print_ratios(records: list[dict[str, Any]]) -> None:
+    """Ratios of frames/s per subscriber within this run (nan where a system was not run)."""
     print("\nratios (frames/s per subscriber, same run)")
     print(f"{'size':6} {'subs':>4} {'shm/imagezmq':>13} {'shm/shm-limit':>14} "
           f"{'raw/imagezmq':>13}")
@@ -473,12 +498,15 @@ def main() -> None:
            if not r.get("slow_sub")}
     for size_name in SIZES:
         for subs in (1, 3):
-            shm, raw, iz, limit = (fps[(system, size_name, subs)] or float("nan") for system in
-                                   ("momentbus shm", "momentbus raw", "imagezmq pubsub",
-                                    "shm ring"))
+            shm, raw, iz, limit = (fps.get((system, size_name, subs)) or float("nan")
+                                   for system in ("momentbus shm", "momentbus raw",
+                                                  "imagezmq pubsub", "shm ring"))
             print(f"{size_name:6} {subs:4d} {shm / iz:13.2f} {shm / limit:14.2f} {raw / iz:13.2f}")
-    if args.json:
-        with open(args.json, "w") as fh:
+
+
+def _write_json(path: str | None, records: list[dict[str, Any]]) -> None:
+    if path:
+        with open(path, "w") as fh:
             json.dump(records, fh, indent=1)
 
 

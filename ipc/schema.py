@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 
 from .errors import DecodeError, OversizeError, SchemaVersionError, UnknownKindError
 from .payloads import AnyPayload, NonNegInt, Payload, SpeechSegment, TimeNs
+from .shm import attach_view
 from .vocab import NAME_PATTERN, Encoding, GapReason, MediaKind, Policy, Stream
 
 #: Version 2: payloads are typed Structs under ``payload`` (version 1 carried dicts).
@@ -237,8 +238,6 @@ class Frame(Message, frozen=True, kw_only=True):
         if isinstance(self.data, np.ndarray):
             return self.data
         if self.encoding == "shm":
-            from .shm import attach_view
-
             assert self.shm is not None
             return attach_view(self.shm.name, self.shm.offset, self.height, self.width)
         if self.encoding == "jpeg":
