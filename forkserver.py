@@ -9,9 +9,13 @@ from that warm state (as Android's zygote and multiprocessing's ``forkserver`` d
 the shared imports stay shared between the roles (copy-on-write; ``gc.freeze`` keeps the garbage
 collector from touching them).
 
-What is never preloaded: model runtimes (onnxruntime, mediapipe, ctranslate2) start threads or
-keep process state of their own; each role loads its model after the fork, as before. numpy's
-OpenBLAS pool is fork-safe (its ``pthread_atfork`` handlers).
+Models are never loaded in the zygote: each role loads its own after the fork. Of the model
+runtimes only mediapipe is imported for pose and gesture (:data:`RUNTIMES`): a role forked after
+that import gives the same observations as one started on its own and exits cleanly
+(tests/test_workers.py). onnxruntime cannot be: imported before a fork, the child hangs or aborts
+at exit (``std::system_error: No such process``, a thread of the parent's gone), measured here;
+so face imports it after the fork (0.6 s of its 0.74 s ``build``). Speech's ctranslate2 is not
+preloaded (untested). numpy's OpenBLAS pool is fork-safe (its ``pthread_atfork`` handlers).
 
 Every role stays a child of the run parent, so the supervisor waits, signals and restarts it as a
 ``subprocess.Popen``: the parent makes itself a *child subreaper* (``PR_SET_CHILD_SUBREAPER``,
@@ -48,6 +52,8 @@ PRELOAD = ("numpy", "cv2", "av", "zmq", "msgspec", "structlog", "rich.console",
            "momentbus.cli", "momentbus.ipc.framebus", "momentbus.traces.tracer",
            "momentbus.daemon.main", "momentbus.fusion.main", "momentbus.clip.main",
            "momentbus.extractors.runner")
+#: Model runtimes imported for a kind's default backend (no model is loaded; see the module doc).
+RUNTIMES: dict[str, tuple[str, ...]] = {"pose": ("mediapipe",), "gesture": ("mediapipe",)}
 #: How long a role waits to be re-parented to the run parent (it happens when the zygote's
 #: middle process exits, which the zygote waits for before it replies: microseconds).
 REPARENT_TIMEOUT_S = 5.0
@@ -120,12 +126,12 @@ class ForkServer:
     (:meth:`spawn`), stop it (:meth:`close`).
 
     Args:
-        preload: extra modules to import in the zygote (e.g. an extractor backend's module that
-            imports no model runtime at import time).
+        extractors: the run's extractor specs (``face``, ``face:2``): the zygote also imports
+            each kind's backend module (it imports no model runtime at import time).
     """
 
-    def __init__(self, preload: Sequence[str] = ()) -> None:
-        self.preload = [*PRELOAD, *preload]
+    def __init__(self, extractors: Sequence[str] = ()) -> None:
+        self.kinds = sorted({spec.partition(":")[0].strip() for spec in extractors} - {""})
         self.available = False
         self._proc: subprocess.Popen[str] | None = None
         self._ready: bool | None = None
@@ -139,7 +145,7 @@ class ForkServer:
         log: IO[bytes] | None = open(log_path, "ab") if log_path else None
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "momentbus.forkserver", str(os.getpid()), *self.preload],
+                [sys.executable, "-m", "momentbus.forkserver", str(os.getpid()), *self.kinds],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL,
                 text=True, bufsize=1, start_new_session=True)
         except OSError:
@@ -241,11 +247,19 @@ def _become_role(request: dict[str, Any], run_parent: int) -> None:
     raise SystemExit(main(request["argv"]))
 
 
-def _serve(run_parent: int, preload: Sequence[str]) -> None:
+def _serve(run_parent: int, kinds: Sequence[str]) -> None:
     started = time.perf_counter()
     setproctitle.getproctitle()  # set up while argv and environ are the interpreter's own
     loaded, failed = [], []
-    for name in preload:
+    runtimes = [m for k in kinds for m in RUNTIMES.get(k, ())]
+    for name in [*PRELOAD, *dict.fromkeys(runtimes), *[f"kind:{k}" for k in kinds]]:
+        if name.startswith("kind:"):  # its backend's module, known once momentbus is imported
+            from momentbus.extractors.base import backend_module
+
+            try:
+                name = backend_module(name[5:])
+            except Exception:  # an unknown kind: the run reports it, in one line
+                continue
         try:
             importlib.import_module(name)
             loaded.append(name)

@@ -217,36 +217,34 @@ def plan_extractors(specs: Sequence[str]) -> dict[str, int | None]:
 
 
 def run_pipeline(opts: RunOptions, stop: StopFlag, metrics: TraceMetrics | None = None,
-                 ) -> RunResult:
+                 fork_server: ForkServer | None = None) -> RunResult:
     """Run the whole pipeline on ``opts.source`` until it ends or ``stop`` is set.
 
     ``metrics`` (``momentbus run --metrics``) is fed every trace record the run collects, as it
-    arrives, so an endpoint serving it shows the whole local run.
+    arrives, so an endpoint serving it shows the whole local run. ``fork_server``: a started
+    :class:`~momentbus.forkserver.ForkServer` to fork the roles from (the CLI starts it before
+    anything else, so its imports overlap the parent's); without one and with
+    ``opts.fork_server``, the run starts and ends its own.
 
     Raises:
         SourceError: the source is missing, not media, or has no video (before anything starts).
         RulesError: the rules file is invalid.
         OutputDirError: ``opts.out_dir`` cannot hold the outputs (before anything starts).
     """
-    fork_server = None
-    if opts.fork_server:
-        from .extractors.base import backend_module, kinds
-
-        known = set(kinds())
-        preload = sorted({backend_module(spec.partition(":")[0]) for spec in opts.extractors
-                          if spec.partition(":")[0] in known})
-        fork_server = ForkServer(preload).start()
+    own = fork_server is None and opts.fork_server
+    if own:
+        fork_server = ForkServer(opts.extractors).start()
     try:
         return _run_pipeline(opts, stop, metrics, fork_server)
     finally:
-        if fork_server is not None:
+        if own and fork_server is not None:
             fork_server.close()
 
 
 def _run_pipeline(opts: RunOptions, stop: StopFlag, metrics: TraceMetrics | None,
                   fork_server: ForkServer | None) -> RunResult:
     check_out_dir(opts.out_dir)  # a file, read-only or full: one line, exit 2 (outputs.py)
-    from .extractors.base import ExtractorError, stream_of, takes_option
+    from .extractors.base import ExtractorError, stream_of
 
     try:
         workers = plan_workers(plan_extractors(opts.extractors), opts.workers)
@@ -328,8 +326,7 @@ def _run_pipeline(opts: RunOptions, stop: StopFlag, metrics: TraceMetrics | None
             # same host: pixels travel through shared memory behind the credit protocol
             fps = (["--fps", str(opts.fps), "--encoding", "shm"]
                    if stream_of(kind) == "video" else [])
-            if takes_option(kind, None, "threads"):
-                fps += ["--threads", str(workers.threads[kind])]
+            fps += ["--threads", str(workers.threads[kind])]
             for instance in range(1, count + 1):
                 name = f"extractor-{kind}" + (f"-{instance}" if instance > 1 else "")
                 sup.start(Child(name, py + [

@@ -3,17 +3,21 @@ gets (``momentbus run --workers auto``, the default).
 
 A kind's processes are members of one group: the frame bus deals the group's frames out among
 them, and fusion takes the group's watermark as the minimum over its members, so two face
-processes give exactly the triggers one gives (tests/test_chaos.py). Splitting only helps when
-one kind's per-frame work is larger than its share of the machine.
+processes give exactly the triggers one gives (tests/test_chaos.py, tests/test_run_e2e.py).
 
 The plan, for ``C`` usable cores (``os.sched_getaffinity``) and each kind's cost ``c`` (ms per
-frame, :data:`COST_MS`): a run of ``N`` frames needs at least ``N * max(sum(c) / C, max(c / n))``
-of wall time, where ``n`` is a kind's number of processes (the OS time-slices processes, so work
-packs onto the cores as long as no single process has more than a core's share; McNaughton's
-bound for preemptive scheduling). Starting from one process a kind, the planner adds a process to
-the kind with the largest ``c / n`` while that is above ``sum(c) / C`` (the slowest kind would
-leave cores idle), up to ``C`` processes for that kind. Kinds that read audio are one process:
-a speech segment spans chunks, so its stream cannot be dealt out.
+frame, :data:`COST_MS`; a kind split into ``n`` processes is ``n`` jobs of ``c / n``): the
+groups move in lock-step (a fast group runs at most its queue of 8 frames ahead of the slowest,
+ipc/framebus.py), so a frame's work has to pack onto the cores frame after frame, and a process
+is not cut into pieces across cores within a frame. The planner therefore scores a plan by the
+makespan of Graham's LPT packing (longest job first, onto the least-loaded core; within 4/3 of
+the optimum) against the ideal ``sum(c) / C``. Starting from one process a kind, it adds the
+process that shortens the makespan most, while the makespan is more than
+:data:`PACKING_SLACK` above the ideal and a process still shortens it, up to ``C`` processes a
+kind, never splitting a job already under a quarter of the ideal. On 2 cores: ``face,quality`` -> face:2 (one face job of 30.3 ms would leave a core idle);
+``face,pose,gesture,quality`` -> face:2 (packings 40.8 ms -> 36.0 ms a frame, ideal 35.8;
+measured on the 118 s video: 58.8 s with face:1, 52.1 s with face:2). Kinds that read audio are
+one process: a speech segment spans chunks, so its stream cannot be dealt out.
 
 Model threads: a process's intra-op threads are ``max(1, C // processes)`` so that the run's
 processes together do not oversubscribe the cores (onnxruntime, given no number, starts one
@@ -28,13 +32,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: Per-frame cost of each kind's default backend, ms at 640x360 on this 2-core machine
-#: (bench/extractors.py, README "Extractors"). Only the ratios matter to the plan. Speech: the
-#: CPU of 0.1 s of audio at its real-time factor of 0.13 (bench/extractors.py), the same unit as
-#: a frame at the default 10 fps.
-COST_MS: dict[str, float] = {"face": 36.4, "pose": 19.5, "gesture": 25.3, "quality": 0.7,
-                             "speech": 13.0}
+#: (``uv run python bench/extractors.py``, medians; README "Extractors"). Only the ratios matter
+#: to the plan. Speech: the CPU of 0.1 s of audio at its real-time factor of 0.08 (the same
+#: bench), the same unit as a frame at the default 10 fps.
+COST_MS: dict[str, float] = {"face": 30.3, "pose": 20.0, "gesture": 20.8, "quality": 0.4,
+                             "speech": 8.0}
 #: Kinds whose items can be dealt out among several processes of one group (per-frame kinds).
 SPLITTABLE = frozenset({"face", "pose", "gesture", "quality"})
+#: How far above the ideal ``sum(cost) / cores`` a plan's packing may stay (the costs are
+#: medians of a noisy 2-core machine: closer is not measurable).
+PACKING_SLACK = 0.05
 #: Threads for the speech model at least (faster-whisper ``cpu_threads``).
 MIN_SPEECH_THREADS = 2
 
@@ -50,6 +57,22 @@ class WorkerPlan:
         """``face:2 (1 thread), quality:1 (1 thread)``"""
         return ", ".join(f"{k}:{n} ({self.threads[k]} thread{'s' * (self.threads[k] > 1)})"
                          for k, n in self.processes.items())
+
+
+def lpt_makespan(processes: Mapping[str, int], cores: int) -> float:
+    """Per-frame time (ms) of the kinds' jobs (``n`` jobs of ``COST_MS[kind] / n``) packed onto
+    ``cores`` by Graham's LPT rule: the longest job first, each onto the least-loaded core."""
+    jobs = sorted((COST_MS.get(k, 0.0) / n for k, n in processes.items() for _ in range(n)),
+                  reverse=True)
+    loads = [0.0] * cores
+    for job in jobs:
+        loads[loads.index(min(loads))] += job
+    return max(loads)
+
+
+def _score(processes: Mapping[str, int], cores: int) -> tuple[float, float]:
+    return (round(lpt_makespan(processes, cores), 6),
+            max((COST_MS.get(k, 0.0) / n for k, n in processes.items()), default=0.0))
 
 
 def usable_cores() -> int:
@@ -85,13 +108,20 @@ def plan_workers(requested: Mapping[str, int | None], workers: str = "auto",
     else:
         processes = {k: n or 1 for k, n in requested.items()}
         free = [k for k, n in requested.items() if n is None and k in SPLITTABLE]
-        share = sum(COST_MS.get(k, 0.0) for k in requested) / cores
-        while free:
-            slowest = max(free, key=lambda k: COST_MS.get(k, 0.0) / processes[k])
-            if (COST_MS.get(slowest, 0.0) / processes[slowest] <= share
-                    or processes[slowest] >= cores):
+        ideal = sum(COST_MS.get(k, 0.0) for k in requested) / cores
+        current = lpt_makespan(processes, cores)
+        while current > ideal * (1 + PACKING_SLACK):
+            # a job under a quarter of a core's share always fits in the gaps: never worth the
+            # memory of another process (quality's 0.4 ms)
+            # ties on the makespan go to the plan whose largest job is shorter (two kinds of
+            # about the same cost must both be split before the makespan moves)
+            options = [(_score({**processes, k: processes[k] + 1}, cores), k)
+                       for k in free if processes[k] < cores
+                       and COST_MS.get(k, 0.0) / processes[k] >= ideal / 4]
+            if not options or min(options)[0] >= _score(processes, cores):
                 break
-            processes[slowest] += 1
+            (current, _), kind = min(options)
+            processes[kind] += 1
     total = sum(processes.values())
     threads = {k: max(1, cores // total) for k in processes}
     if "speech" in threads:

@@ -15,7 +15,7 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import replace
+from msgspec.structs import replace
 
 import cv2
 

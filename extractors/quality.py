@@ -34,12 +34,8 @@ class QualityExtractor(FrameExtractor):
 
     kind: ClassVar[str] = "quality"
 
-    def __init__(self, min_blur: float = MIN_BLUR, threads: int | None = None) -> None:
-        """``threads``: OpenCV's worker threads for this process (``cv2.setNumThreads``, process
-        wide); ``None`` leaves OpenCV's default (one per core)."""
+    def __init__(self, min_blur: float = MIN_BLUR) -> None:
         self.min_blur = min_blur
-        if threads is not None:
-            cv2.setNumThreads(threads)
 
     def observe(self, frame: Frame) -> QualityReading:
         img = frame.image()
