@@ -10,7 +10,8 @@ the shared imports stay shared between the roles (copy-on-write; ``gc.freeze`` k
 collector from touching them).
 
 Models are never loaded in the zygote: each role loads its own after the fork. Of the model
-runtimes only mediapipe is imported for pose and gesture (:data:`RUNTIMES`): a role forked after
+runtimes only mediapipe is imported for pose and gesture (:data:`RUNTIMES`), when the first of
+those roles is asked for (the other roles are forked and at work meanwhile); a role forked after
 that import gives the same observations as one started on its own and exits cleanly
 (tests/test_workers.py). onnxruntime cannot be: imported before a fork, the child hangs or aborts
 at exit (``std::system_error: No such process``, a thread of the parent's gone), measured here;
@@ -135,6 +136,7 @@ class ForkServer:
         self.available = False
         self._proc: subprocess.Popen[str] | None = None
         self._ready: bool | None = None
+        #: the zygote's first reply (``seconds`` it took, modules ``preloaded`` so far)
         self.ready_info: dict[str, Any] = {}
 
     def start(self, log_path: str | None = None) -> ForkServer:
@@ -197,6 +199,7 @@ class ForkServer:
         if reply is None or not isinstance(reply.get("pid"), int):
             self.available = False  # the zygote is broken: plain processes from now on
             return None
+        self.ready_info["preloaded"] = reply.get("preloaded", [])  # runtimes imported since
         return ForkedProcess(reply["pid"], argv)
 
     def close(self) -> None:
@@ -247,19 +250,10 @@ def _become_role(request: dict[str, Any], run_parent: int) -> None:
     raise SystemExit(main(request["argv"]))
 
 
-def _serve(run_parent: int, kinds: Sequence[str]) -> None:
-    started = time.perf_counter()
-    setproctitle.getproctitle()  # set up while argv and environ are the interpreter's own
-    loaded, failed = [], []
-    runtimes = [m for k in kinds for m in RUNTIMES.get(k, ())]
-    for name in [*PRELOAD, *dict.fromkeys(runtimes), *[f"kind:{k}" for k in kinds]]:
-        if name.startswith("kind:"):  # its backend's module, known once momentbus is imported
-            from momentbus.extractors.base import backend_module
-
-            try:
-                name = backend_module(name[5:])
-            except Exception:  # an unknown kind: the run reports it, in one line
-                continue
+def _import_all(names: Sequence[str], loaded: list[str], failed: list[str]) -> None:
+    for name in names:
+        if name in loaded:
+            continue
         try:
             importlib.import_module(name)
             loaded.append(name)
@@ -267,6 +261,26 @@ def _serve(run_parent: int, kinds: Sequence[str]) -> None:
             failed.append(f"{name}: {type(e).__name__}: {e}")
     gc.collect()
     gc.freeze()  # imported objects stay in the permanent generation: shared pages stay shared
+
+
+def _serve(run_parent: int, kinds: Sequence[str]) -> None:
+    """Import, say ready, then fork a role per request line. A kind's runtime (mediapipe: 1.1 s
+    here) is imported only when the first role of that kind is asked for, so the other roles
+    (face loading its model, the daemon, fusion) are forked and at work meanwhile."""
+    started = time.perf_counter()
+    setproctitle.getproctitle()  # set up while argv and environ are the interpreter's own
+    loaded: list[str] = []
+    failed: list[str] = []
+    _import_all(PRELOAD, loaded, failed)
+    from momentbus.extractors.base import backend_module
+
+    backends = []
+    for kind in kinds:
+        try:
+            backends.append(backend_module(kind))
+        except Exception:  # an unknown kind: the run reports it, in one line
+            continue
+    _import_all(backends, loaded, failed)
     out = sys.stdout
     out.write(json.dumps({"ready": True, "seconds": round(time.perf_counter() - started, 3),
                           "preloaded": loaded, "failed": failed}) + "\n")
@@ -276,6 +290,9 @@ def _serve(run_parent: int, kinds: Sequence[str]) -> None:
             request = json.loads(line)
         except ValueError:
             continue
+        argv = request.get("argv") or [""]
+        if argv[0] in ("extractor", "extract") and len(argv) > 1:
+            _import_all(RUNTIMES.get(argv[1], ()), loaded, failed)
         read_end, write_end = os.pipe()
         middle = os.fork()
         if middle == 0:
@@ -290,7 +307,8 @@ def _serve(run_parent: int, kinds: Sequence[str]) -> None:
         data = os.read(read_end, 32)
         os.close(read_end)
         os.waitpid(middle, 0)  # the middle process is gone: the role is the run parent's now
-        reply = {"pid": int(data)} if data.isdigit() else {"error": "fork failed"}
+        reply = ({"pid": int(data), "preloaded": loaded} if data.isdigit()
+                 else {"error": "fork failed"})
         out.write(json.dumps(reply) + "\n")
         out.flush()
 

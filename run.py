@@ -36,7 +36,7 @@ from .ipc.schema import Trig
 from .ipc.shm import remove_leftovers
 from .lifecycle import ExitCode, StopFlag
 from .media import probe
-from .forkserver import ForkServer
+from .forkserver import RUNTIMES, ForkServer
 from .supervisor import Child, Supervisor
 from .workers import plan_workers, usable_cores
 from .traces.summary import percentile
@@ -322,7 +322,8 @@ def _run_pipeline(opts: RunOptions, stop: StopFlag, metrics: TraceMetrics | None
             fusion_argv += ["--save-obs"]
         fusion = sup.start(Child("fusion", fusion_argv, restartable=True,
                                  restart_argv=fusion_argv + ["--resume"]))
-        for kind, count in plan.items():
+        # kinds whose runtime the zygote imports on their first fork start last (forkserver.py)
+        for kind, count in sorted(plan.items(), key=lambda kc: kc[0] in RUNTIMES):
             # same host: pixels travel through shared memory behind the credit protocol
             fps = (["--fps", str(opts.fps), "--encoding", "shm"]
                    if stream_of(kind) == "video" else [])

@@ -12,7 +12,7 @@ Measured in one run on this machine, each row against the sequential loop of the
 * time to the first analysed frame: from the start (``Popen`` of ``momentbus run``; the first
   line of the loop for the sequential one) to the end of the first extractor ``process`` call
   (``run``: the first ``timing`` record of stage ``process`` in trace.jsonl, its ``wall_ns``);
-* memory of the process tree, sampled every 100 ms from /proc: peak of the summed RSS (counts
+* memory of the process tree, sampled every 250 ms from /proc: peak of the summed RSS (counts
   the pages processes share once per process: libraries, copy-on-write) and peak of the summed
   PSS (``smaps_rollup``: a shared page split between its sharers, so the tree's real cost);
 * triggers, which must be the same in every row (rule, onset).
@@ -81,7 +81,7 @@ def long_video(repeats: int = LONG_REPEATS) -> Path:
 
 
 class TreeMemory:
-    """Peak summed RSS and PSS (MB) of a process and its descendants, sampled every 100 ms."""
+    """Peak summed RSS and PSS (MB) of a process and its descendants, sampled every 250 ms."""
 
     def __init__(self, root: int) -> None:
         self.root = root
@@ -110,7 +110,7 @@ class TreeMemory:
         return out
 
     def _sample(self) -> None:
-        while not self._done.wait(0.1):
+        while not self._done.wait(0.25):
             rss = pss = 0
             for pid in self._pids():
                 try:
