@@ -496,6 +496,7 @@ def _summary(console: Console, info: Any, stats: RunStats, out: Path, elapsed: f
                       f"{out / 'clips'}, {collector.written} trace records in "
                       f"{out / 'trace.jsonl'}")
     out_console.print(f"details: momentbus trace summary {out / 'trace.jsonl'}  "
-                      f"(or: trace plot ... -o timeline.png)", highlight=False)
+                      f"(or: trace plot ... -o timeline.png); look: momentbus review {out}",
+                      highlight=False)
     for err in stats.errors[:5]:
         out_console.print(f"[red]error[/] {err.get('component')}: {err.get('error')}")
