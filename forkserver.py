@@ -233,8 +233,8 @@ def _become_role(request: dict[str, Any], run_parent: int) -> None:
     for fd in {devnull, log}:
         os.close(fd)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_DFL)
+    # signal dispositions are the interpreter's own, as the zygote never changes them (SIGINT
+    # raises KeyboardInterrupt, SIGPIPE is ignored); the role installs its stop flag itself
     os.environ.clear()
     os.environ.update(request["env"])
     deadline = time.monotonic() + REPARENT_TIMEOUT_S

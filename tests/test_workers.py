@@ -132,6 +132,9 @@ def test_a_forked_role_is_signalled_and_waited_like_a_popen(fork_server, tmp_pat
     assert proc.poll() is None
     title = " ".join(psutil.Process(proc.pid).cmdline())
     assert title.startswith("momentbus fusion --bind"), title
+    with open(f"/proc/{proc.pid}/status") as f:
+        ignored = int(next(line for line in f if line.startswith("SigIgn:")).split()[1], 16)
+    assert ignored & (1 << (signal.SIGPIPE - 1)), "SIGPIPE ignored, as in any Python process"
     proc.terminate()
     assert proc.wait(30) == 0, (tmp_path / "fusion.log").read_text()[-2000:]
     killed = fork_server.spawn(argv, dict(os.environ), None)
