@@ -185,7 +185,7 @@ class ForkServer:
                 or list(argv[:3]) != [sys.executable, "-m", "momentbus"]):
             return None
         if not self._wait_ready():  # it died importing, or is stuck: never again
-            self.available = False
+            self.close()
             return None
         assert self._proc.stdin is not None
         try:
@@ -193,11 +193,13 @@ class ForkServer:
                                                "log": log_path}) + "\n")
             self._proc.stdin.flush()
         except OSError:
-            self.available = False
+            self.close()
             return None
         reply = self._read(READY_TIMEOUT_S)
         if reply is None or not isinstance(reply.get("pid"), int):
-            self.available = False  # the zygote is broken: plain processes from now on
+            # broken or stuck: killed, so it cannot fork this role after the caller started it
+            # as a plain process; plain processes from now on
+            self.close()
             return None
         self.ready_info["preloaded"] = reply.get("preloaded", [])  # runtimes imported since
         return ForkedProcess(reply["pid"], argv)
