@@ -34,11 +34,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     _metrics_argument(g)
 
 
-def _metrics_argument(g: Any) -> None:
+def _metrics_argument(g: Any, whole_run: bool = False) -> None:
+    counted = ("every process's trace records (one endpoint for the whole run)" if whole_run
+               else "this process's trace records")
     g.add_argument("--metrics", metavar="HOST:PORT",
-                   help="serve Prometheus metrics (/metrics) and /healthz, /readyz here, counted "
-                        "from this process's trace records (off by default; port 0 picks a free "
-                        "port; a non-loopback address needs --insecure)")
+                   help=f"serve Prometheus metrics (/metrics) and /healthz, /readyz here, counted "
+                        f"from {counted} (off by default; port 0 picks a free port; a "
+                        f"non-loopback address needs --insecure)")
 
 
 def _fps(text: str) -> float:
@@ -164,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write every observation fusion receives to OUT/obs.jsonl")
     p.add_argument("--trace-level", default="normal",
                    choices=["off", "minimal", "normal", "verbose"])
-    _metrics_argument(p)
+    _metrics_argument(p, whole_run=True)
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --metrics address (a warning is printed)")
     _clip_options(p)
