@@ -12,17 +12,19 @@ ipc/framebus.py), so a frame's work has to pack onto the cores frame after frame
 is not cut into pieces across cores within a frame. The planner therefore scores a plan by the
 makespan of Graham's LPT packing (longest job first, onto the least-loaded core; within 4/3 of
 the optimum) against the ideal ``sum(c) / C``. Starting from one process a kind, it adds the
-process that shortens the makespan most, while the makespan is more than
-:data:`PACKING_SLACK` above the ideal and a process still shortens it, up to ``C`` processes a
-kind, never splitting a job already under a quarter of the ideal. On 2 cores: ``face,quality`` -> face:2 (one face job of 30.3 ms would leave a core idle);
-``face,pose,gesture,quality`` -> face:2 (packings 40.8 ms -> 36.0 ms a frame, ideal 35.8;
-measured on the 118 s video: 58.8 s with face:1, 52.1 s with face:2). Kinds that read audio are
-one process: a speech segment spans chunks, so its stream cannot be dealt out.
+process that shortens the makespan most (ties: the plan whose longest job is shorter), while the
+makespan is more than :data:`PACKING_SLACK` above the ideal and a process still shortens it, up
+to ``C`` processes a kind and :data:`AUTO_MAX_PER_KIND`, never splitting a job already under a
+quarter of the ideal. On 2 cores: ``face,quality`` -> face:2 (one face job of 30.3 ms would
+leave a core idle); ``face,pose,gesture,quality`` -> face:2 (packings 40.8 ms -> 36.0 ms a
+frame, ideal 35.8; measured on the 118 s video: 58.8 s with face:1, 52.1-53.7 s with face:2;
+face:3, pose:2, gesture:2 measured slower, 58.5 s). Kinds that read audio are one process: a
+speech segment spans chunks, so its stream cannot be dealt out.
 
 Model threads: a process's intra-op threads are ``max(1, C // processes)`` so that the run's
 processes together do not oversubscribe the cores (onnxruntime, given no number, starts one
 thread per core in every process). Speech takes at least 2 (faster-whisper's ``cpu_threads``; its
-real-time factor, 0.13 on 2 threads here, leaves room).
+real-time factor, 0.08 on 2 threads here, leaves room).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ SPLITTABLE = frozenset({"face", "pose", "gesture", "quality"})
 #: How far above the ideal ``sum(cost) / cores`` a plan's packing may stay (the costs are
 #: medians of a noisy 2-core machine: closer is not measurable).
 PACKING_SLACK = 0.05
+#: Processes ``auto`` gives one kind at most, whatever the cores: each loads its own model
+#: (a face process is ~150 MB of PSS here, bench/pipeline.py); ``KIND:N`` may ask for more.
+AUTO_MAX_PER_KIND = 8
 #: Threads for the speech model at least (faster-whisper ``cpu_threads``).
 MIN_SPEECH_THREADS = 2
 
@@ -116,7 +121,7 @@ def plan_workers(requested: Mapping[str, int | None], workers: str = "auto",
             # ties on the makespan go to the plan whose largest job is shorter (two kinds of
             # about the same cost must both be split before the makespan moves)
             options = [(_score({**processes, k: processes[k] + 1}, cores), k)
-                       for k in free if processes[k] < cores
+                       for k in free if processes[k] < min(cores, AUTO_MAX_PER_KIND)
                        and COST_MS.get(k, 0.0) / processes[k] >= ideal / 4]
             if not options or min(options)[0] >= _score(processes, cores):
                 break
