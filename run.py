@@ -322,22 +322,27 @@ def _run_pipeline(opts: RunOptions, stop: StopFlag, metrics: TraceMetrics | None
             fusion_argv += ["--save-obs"]
         fusion = sup.start(Child("fusion", fusion_argv, restartable=True,
                                  restart_argv=fusion_argv + ["--resume"]))
-        # kinds whose runtime the zygote imports on their first fork start last (forkserver.py)
-        for kind, count in sorted(plan.items(), key=lambda kc: kc[0] in RUNTIMES):
-            # same host: pixels travel through shared memory behind the credit protocol
-            fps = (["--fps", str(opts.fps), "--encoding", "shm"]
-                   if stream_of(kind) == "video" else [])
-            fps += ["--threads", str(workers.threads[kind])]
-            for instance in range(1, count + 1):
-                name = f"extractor-{kind}" + (f"-{instance}" if instance > 1 else "")
-                sup.start(Child(name, py + [
-                    "extractor", kind, "--daemon", addr["frames"], "--fusion", addr["obs"],
-                    "--instance", str(instance)] + fps + common, restartable=True))
+        def start_extractors(kinds: list[str]) -> None:
+            for kind in kinds:
+                # same host: pixels travel through shared memory behind the credit protocol
+                args = (["--fps", str(opts.fps), "--encoding", "shm"]
+                        if stream_of(kind) == "video" else [])
+                args += ["--threads", str(workers.threads[kind])]
+                for instance in range(1, plan[kind] + 1):
+                    name = f"extractor-{kind}" + (f"-{instance}" if instance > 1 else "")
+                    sup.start(Child(name, py + [
+                        "extractor", kind, "--daemon", addr["frames"], "--fusion", addr["obs"],
+                        "--instance", str(instance)] + args + common, restartable=True))
+
+        # kinds whose runtime the zygote imports on their first fork (forkserver.py) start
+        # last, after the daemon: the others and the daemon are at work meanwhile
+        start_extractors([k for k in plan if k not in RUNTIMES])
         daemon = sup.start(Child("daemon", py + [
             "daemon", opts.source, "--bind", addr["frames"], "--fusion", addr["obs"],
             "--expect", groups + (",clip" if live else ""), "--state", str(tmp / "daemon.state")]
             + ([] if needs_video else ["--audio-only"]) + _live_argv(opts) + common,
             restartable=True))
+        start_extractors([k for k in plan if k in RUNTIMES])
         total = info.frames if needs_video and not live else None
         ending_live = False  # a live run's first Ctrl-C: the daemon ends the stream
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
