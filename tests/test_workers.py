@@ -3,6 +3,7 @@ roles of a run (forkserver.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -190,3 +191,24 @@ def test_a_model_forked_from_the_zygote_sees_what_one_started_alone_sees(kind, s
     forked = [line for line in log.read_text().splitlines() if line.startswith("{")]
     assert forked and forked == [line for line in alone.stdout.splitlines()
                                  if line.startswith("{")]
+
+
+def test_a_run_of_four_kinds_forks_pose_and_gesture_after_mediapipe(sample, tmp_path):
+    """The mediapipe kinds are forked once the zygote imported mediapipe (after the daemon):
+    each processes every sampled frame, as quality does, and the smile still fires."""
+    out = tmp_path / "out"
+    r = run_momentbus("run", str(sample("WolfgangLanger_Pexels.mp4")), "--out", str(out),
+                      "--quiet", "--extractors", "face,pose,gesture,quality",
+                      env={"TMPDIR": str(tmp_path)}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    frames: dict[str, int] = {}
+    for line in (out / "trace.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["record"] == "timing" and rec.get("stage") == "process":
+            frames[rec["component"]] = frames.get(rec["component"], 0) + 1
+    assert frames["extractor:pose#1"] == frames["extractor:gesture#1"] == \
+        frames["extractor:quality#1"] > 0
+    assert frames["extractor:face#1"] + frames.get("extractor:face#2", 0) == \
+        frames["extractor:quality#1"]
+    rules = [json.loads(t)["rule"] for t in (out / "triggers.jsonl").read_text().splitlines()]
+    assert "smile" in rules
