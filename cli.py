@@ -86,8 +86,9 @@ def _security_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--key-name", default="default", metavar="NAME",
                    help="the client key this role connects with (default: default)")
     g.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback bind without keys: no encryption, anyone who "
-                        "can reach it gets in (a warning is printed)")
+                   help="allow a non-loopback bind without keys (and a non-loopback "
+                        "--metrics): no encryption, anyone who can reach it gets in (a warning "
+                        "is printed)")
 
 
 def _live_arguments(p: argparse.ArgumentParser) -> None:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .records import SOURCE_DOWN_EVENTS, SOURCE_UP_EVENTS
+from .summary import percentile
 
 __all__ = ["JsonlTail", "OutFolder", "CLIP_NAME"]
 
@@ -305,15 +306,6 @@ def _bins(ts: list[int], vs: list[float] | None, t0: int, t1: int, n: int) -> di
     return out
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return round(s[lo] + (s[hi] - s[lo]) * (k - lo), 3)
-
-
 class OutFolder:
     """An OUT folder, read incrementally; thread-safe (one lock around every read).
 
@@ -541,13 +533,13 @@ class OutFolder:
                         continue
                     ts, vs = tr.timing[comp][stage]
                     lanes.append({"name": comp, "kind": stage, "unit": "ms", "points": len(ts),
-                                  "p50": _percentile(vs, 50), "p99": _percentile(vs, 99),
+                                  "p50": percentile(vs, 50), "p99": percentile(vs, 99),
                                   "peak": max(vs), **_bins(ts, vs, start, end, bins)})
             for name in sorted(tr.sync):
                 ts, vs = tr.sync[name]
                 lanes.append({"name": name, "kind": "sync_delay", "unit": "ms",
-                              "points": len(ts), "p50": _percentile(vs, 50),
-                              "p99": _percentile(vs, 99), "peak": max(vs),
+                              "points": len(ts), "p50": percentile(vs, 50),
+                              "p99": percentile(vs, 99), "peak": max(vs),
                               **_bins(ts, vs, start, end, bins)})
             placed, unplaced = tr.drop_times()
             late = [x for x in tr.late if x["t_ns"] is not None]
