@@ -2,6 +2,7 @@
 shared-memory limit, and what a slow subscriber sees.
 
     uv run python bench/transport.py [--quick] [--json FILE] [--systems shm,ring] [--no-slow]
+                                     [--credits N] [--credit-batch N] [--repeat N]
                                      [--frames N]
 
 Throughput: for 720p and 1080p BGR frames and 1 and 3 subscribers (each in its own process,
@@ -9,7 +10,9 @@ doing no work but touching the first and last byte of each frame), frames/s deli
 subscriber (median over subscribers) and latency p50/p99 (send -> receive, wall clock) for
 
 * ``momentbus shm``: the real FrameBusServer/FrameBusClient code, ``every`` policy, a group per
-  subscriber, pixels in the shared-memory slot ring (same host),
+  subscriber, pixels in the shared-memory slot ring (same host); each reader keeps
+  ``--credits`` frames in flight and returns credit ``--credit-batch`` at a time (8 and 4; 2
+  and 1 is what an extractor does),
 * ``momentbus raw``: the same with raw pixels over ZeroMQ (what crosses hosts),
 * ``pyzmq pubsub``: raw pyzmq PUB/SUB, multipart, ``copy=False``,
 * ``imagezmq pubsub``: imagezmq 1.2.0 ImageSender/ImageHub with ``REQ_REP=False``,
@@ -44,6 +47,9 @@ SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
 SYSTEMS = {"shm": "momentbus shm", "raw": "momentbus raw", "pubsub": "pyzmq pubsub",
            "imagezmq": "imagezmq pubsub", "ring": "shm ring"}
 TB = Fraction(1, 30)
+#: momentbus readers' window and credit batch (``--credits``; ``--credit-batch``): a reader after
+#: throughput keeps 8 frames in flight and returns credit 4 at a time
+CREDITS, CREDIT_BATCH = 8, 4
 
 
 def rss_mb(pid: int) -> float:
@@ -74,13 +80,15 @@ def _result(conn: Any, got: int, t_first: float, t_last: float, lat: list[float]
 
 
 def sub_momentbus(address: str, group: str, encoding: str, n: int, work_s: float = 0.0,
-                  policy: str = "every", duration_s: float = 0.0, *, conn: Any) -> None:
+                  policy: str = "every", duration_s: float = 0.0, credits: int = CREDITS,
+                  credit_batch: int = CREDIT_BATCH, *, conn: Any) -> None:
     from momentbus.ipc.framebus import FrameBusClient
     from momentbus.ipc.schema import Eof, Hello
 
     client = FrameBusClient(address, Hello(component=f"bench:{group}", group=group,
                                            pid=os.getpid(), policy=policy, encoding=encoding),
-                            credits=1 if work_s else 2, daemon_timeout_s=30)
+                            credits=1 if work_s else credits,
+                            credit_batch=1 if work_s else credit_batch, daemon_timeout_s=30)
     client.join(30)
     conn.send("ready")
     got, lat = 0, []
@@ -252,15 +260,16 @@ def collect(procs: list[Any], conns: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def run_momentbus(size: tuple[int, int], subs: int, n: int, encoding: str, tmp: str
+def run_momentbus(size: tuple[int, int], subs: int, n: int, encoding: str, tmp: str,
+                  credits: int = CREDITS, credit_batch: int = CREDIT_BATCH
                   ) -> list[dict[str, Any]]:
     from momentbus.ipc.framebus import FrameBusServer
     from momentbus.ipc.schema import Frame, Welcome
 
     address = f"ipc://{tmp}/mb-{encoding}-{subs}-{size[0]}"
     w, h = size
-    procs, conns = spawn_subs(sub_momentbus, [(address, f"g{i}", encoding, n)
-                                              for i in range(subs)])
+    procs, conns = spawn_subs(sub_momentbus, [(address, f"g{i}", encoding, n, 0.0, "every", 0.0,
+                                               credits, credit_batch) for i in range(subs)])
     server = FrameBusServer(address, Welcome(source_id="bench", width=w, height=h, time_base=TB,
                                              duration_ns=None, live=False))
     try:
@@ -428,6 +437,13 @@ def main() -> None:
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help=f"comma-separated subset of {','.join(SYSTEMS)} (throughput table)")
     ap.add_argument("--no-slow", action="store_true", help="skip the slow-subscriber runs")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each throughput row, systems alternating; the median is shown "
+                         "(3 or more on a busy or virtual machine)")
+    ap.add_argument("--credits", type=int, default=CREDITS,
+                    help="momentbus readers' credit window (frames in flight)")
+    ap.add_argument("--credit-batch", type=int, default=CREDIT_BATCH,
+                    help="credits a momentbus reader returns in one message (1: one per frame)")
     ap.add_argument("--frames", type=int, default=None,
                     help="frames per throughput run, both sizes (--quick: 300 and 200, which "
                          "the shared-memory rows deliver in ~0.1 s: noisy on a busy machine)")
@@ -444,23 +460,30 @@ def main() -> None:
         for subs in (1, 3):
             count = n[size_name]
             runs = {
-                "momentbus shm": partial(run_momentbus, size, subs, count, "shm", tmp),
-                "momentbus raw": partial(run_momentbus, size, subs, count, "raw", tmp),
+                "momentbus shm": partial(run_momentbus, size, subs, count, "shm", tmp,
+                                         args.credits, args.credit_batch),
+                "momentbus raw": partial(run_momentbus, size, subs, count, "raw", tmp,
+                                         args.credits, args.credit_batch),
                 "pyzmq pubsub": partial(run_pubsub, size, subs, count, tmp),
                 "imagezmq pubsub": partial(run_imagezmq, size, subs, count, tmp),
                 "shm ring": partial(run_shm_ring, size, subs, count),
             }
-            for system, fn in runs.items():
-                if system not in chosen:
-                    continue
-                res = fn()
-                fps = statistics.median(r["fps"] for r in res)
+            results: dict[str, list[list[dict[str, Any]]]] = {}
+            for _ in range(args.repeat):  # systems alternate, so a slow spell hits them alike
+                for system, fn in runs.items():
+                    if system in chosen:
+                        results.setdefault(system, []).append(fn())
+            for system, reps in results.items():
+                # each repetition's median subscriber, then the median repetition
+                rep_fps = [statistics.median(r["fps"] for r in res) for res in reps]
+                fps = statistics.median(rep_fps)
+                res = [r for rep in reps for r in rep]
                 lat = [x for r in res for x in r["lat"]]
                 rec = {"system": system, "size": size_name, "subscribers": subs,
                        "fps_per_sub": round(fps, 1), "fps_min": round(min(r["fps"] for r in res), 1),
                        "fps_max": round(max(r["fps"] for r in res), 1),
-                       "delivered_frac": round(statistics.median(r["frames"] for r in res)
-                                               / n[size_name], 3),
+                       "fps_repetitions": [round(f, 1) for f in rep_fps],
+                       "delivered_frac": round(min(r["frames"] for r in res) / n[size_name], 3),
                        "p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2)}
                 records.append(rec)
                 print(f"{system:18} {size_name:6} {subs:4d} {fps:9.1f} {rec['p50_ms']:8.2f} "

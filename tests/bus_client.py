@@ -21,11 +21,13 @@ def main() -> None:
     address, group, policy, fps, credits, mode = sys.argv[1:7]
     encoding = sys.argv[7] if len(sys.argv) > 7 else "raw"
     instance = int(sys.argv[8]) if len(sys.argv) > 8 else 1
+    credit_batch = int(sys.argv[9]) if len(sys.argv) > 9 else 1
     component = f"test:{group}#{instance}"
     hello = Hello(component=component, group=group, pid=os.getpid(), policy=policy,
                   fps=float(fps) if fps != "none" else None, encoding=encoding,
                   instance=instance, incarnation=time.time_ns())
-    client = FrameBusClient(address, hello, credits=int(credits), daemon_timeout_s=30)
+    client = FrameBusClient(address, hello, credits=int(credits), credit_batch=credit_batch,
+                            daemon_timeout_s=30)
     client.join(30)
     print(json.dumps({"event": "ready", "component": component}), flush=True)
     while True:

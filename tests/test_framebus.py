@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from momentbus.ipc.framebus import FrameBusServer
-from momentbus.ipc.schema import Frame, Welcome
+from momentbus.ipc.schema import Credit, Frame, Welcome
 
 CLIENT = str(Path(__file__).with_name("bus_client.py"))
 TB = Fraction(1, 30)  # 30 fps synthetic source
@@ -34,9 +34,10 @@ class Member:
 
     def __init__(self, address: str, group: str, policy: str = "every", fps: str = "none",
                  credits: int = 2, mode: str = "fast", encoding: str = "raw",
-                 instance: int = 1) -> None:
+                 instance: int = 1, credit_batch: int = 1) -> None:
         self.proc = subprocess.Popen([sys.executable, CLIENT, address, group, policy, fps,
-                                      str(credits), mode, encoding, str(instance)],
+                                      str(credits), mode, encoding, str(instance),
+                                      str(credit_batch)],
                                      stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         self.events: queue.Queue[dict] = queue.Queue()
@@ -277,6 +278,37 @@ def test_shm_members_read_pixels_in_place_and_every_lease_comes_back(server, add
     assert {f["encoding"] for f in raw.frames} == {"raw"}
     assert [f["seq"] for f in shm_b.frames] == list(range(0, n, 3))
     assert all(f["pixels_ok"] for m in members for f in m.frames)
+
+
+def test_credits_come_back_in_batches_and_every_one_by_the_end(server, addr):
+    n = 63  # 15 batches of 4, and 3 owed when the Eof comes
+    batched = Member(addr("frames"), "batched", credits=8, credit_batch=4, encoding="shm")
+    members = [batched]
+    credits: list[int] = []
+    recv = server.inbox.recv
+
+    def counting_recv(timeout_ms: int):
+        msg = recv(timeout_ms)
+        if isinstance(msg, Credit):
+            credits.append(msg.n)
+        return msg
+
+    server.inbox.recv = counting_recv
+    try:
+        assert not server.wait_for_groups(["batched"], TIMEOUT_S)
+        for seq in range(n):
+            serve_until(server, members, server.can_accept)
+            server.publish(frame(seq))
+        server.finish("video", n - 1, frame(n - 1).t_ns)
+        serve_until(server, members, lambda: batched.eof is not None)
+        serve_until(server, members, server.drained)
+        assert server.ring is not None and server.ring.free == server.ring.n_slots
+    finally:
+        codes = [m.stop() for m in members]
+    assert codes == [0]
+    assert [f["seq"] for f in batched.frames] == list(range(n))
+    assert all(f["pixels_ok"] for f in batched.frames)
+    assert credits == [8] + [4] * 15 + [3]  # the window, then one message per 4 items
 
 
 def test_a_crashed_shm_readers_leases_are_reclaimed(addr):
