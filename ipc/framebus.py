@@ -40,8 +40,8 @@ CPU at each end and ~55 us of wall time on the project's 2-core machine even in 
 (ZeroMQ's I/O threads and the wake-ups between them), on top of the one copy of the pixels into
 shared memory (:meth:`~momentbus.ipc.shm.SlotRing.put`). With many members and small frames
 that, not the bookkeeping here, is what bounds frames/s (``bench/transport.py``: at 720p with 3
-readers, credits returned 4 at a time instead of one by one took the bus from ~3,400 to
-~3,900-4,200 frames/s and its CPU from ~640 to ~530 us a frame).
+readers, credits returned 4 at a time instead of one by one took the bus from 0.54-0.57x to
+0.67-0.74x the bare shared-memory ring and its CPU from ~630 to ~535 us a frame).
 """
 
 from __future__ import annotations
