@@ -470,11 +470,22 @@ class TraceRecord(Message, frozen=True, kw_only=True):
     fields: dict[str, Any] = {}
 
 
+class TraceBatch(Message, frozen=True, kw_only=True):
+    """Trace records of one process in the order emitted: one message for many (the
+    :class:`~momentbus.traces.tracer.Tracer` sends at most
+    :data:`~momentbus.traces.tracer.TRACE_BATCH_MAX` every
+    :data:`~momentbus.traces.tracer.TRACE_BATCH_S`)."""
+
+    KIND: ClassVar[bytes] = b"traces"
+    records: Annotated[list[TraceRecord], Meta(max_length=1024)]
+
+
 # ---------------------------------------------------------------------------- codec
 
 MESSAGE_TYPES: Final[dict[bytes, type[Message]]] = {
     cls.KIND: cls for cls in (Hello, Welcome, Rejoin, Credit, Heartbeat, Frame, AudioChunk,
-                              StreamInfo, Packet, Watermark, Obs, Trig, Eof, TraceRecord, Ack)}
+                              StreamInfo, Packet, Watermark, Obs, Trig, Eof, TraceRecord, TraceBatch,
+                              Ack)}
 
 
 def _enc_hook(obj: Any) -> Any:

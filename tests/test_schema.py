@@ -56,6 +56,7 @@ from momentbus.ipc.schema import (
     Hello,
     Message,
     Obs,
+    TraceBatch,
     TraceRecord,
     Trig,
     Watermark,
@@ -185,6 +186,7 @@ def header_messages() -> list[Message]:
             reason="end_of_stream", gaps=[Gap(297, 299, "sampled")]),
         TraceRecord(record="timing", fields={"component": "extractor:face#1", "ms": 4.5,
                                              "nested": {"a": [1, 2, 3]}, "none": None}),
+        TraceBatch(records=[TraceRecord(record="timing", fields={"seq": i}) for i in range(3)]),
     ]
 
 
