@@ -296,6 +296,11 @@ class ReportGate:
         self.every_ns = every_ns
         self._last: int | None = None
 
+    def resting(self, now_mono_ns: int) -> bool:
+        """Reported less than ``every_ns`` ago: :meth:`due` is false whatever the estimate
+        (callers skip computing one)."""
+        return self._last is not None and now_mono_ns - self._last < self.every_ns
+
     def due(self, estimate: ClockEstimate | None, now_mono_ns: int) -> bool:
         if estimate is None or estimate.samples < self.min_samples:
             return False

@@ -56,9 +56,12 @@ class LinkClock:
     def report_due(self) -> ClockEstimate | None:
         """The estimate when it is time to trace it (first once it rests on 4 samples, then
         every minute), else ``None``."""
+        now = self._mono()
+        if self._gate.resting(now):  # the usual case: no estimate to compute
+            return None
         with self._lock:
-            est = self._peer.estimate(self._mono())
-            return est if self._gate.due(est, self._mono()) else None
+            est = self._peer.estimate(now)
+            return est if self._gate.due(est, now) else None
 
     def to_local_ns(self, peer_wall_ns: int) -> int:
         """A wall-clock stamp taken by the peer, on our wall clock (unchanged before the first
