@@ -134,11 +134,12 @@ class Tracer:
     def _send(self, batch: list[TraceRecord]) -> None:
         assert self._sock is not None
         msg = TraceBatch(records=batch)
-        if len(batch) > 1 and len(encode(msg)[1]) > MAX_HEADER_BYTES:
+        parts = encode(msg)
+        if len(batch) > 1 and len(parts[1]) > MAX_HEADER_BYTES:
             half = len(batch) // 2  # long records: halves until each fits a message
             self._send(batch[:half])
             self._send(batch[half:])
-        elif not sockets.try_send(self._sock, msg):
+        elif not sockets.try_send(self._sock, msg, parts):
             self.lost += len(batch)
 
     def _flush_every(self) -> None:
