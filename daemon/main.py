@@ -123,7 +123,7 @@ def run(cfg: DaemonConfig, tracer: Tracer, stop: StopFlag) -> int:
             tracer.emit("source", event="resume", video_seq=resume.resume_seq("video"),
                         audio_seq=resume.resume_seq("audio"))
         t_read = time.perf_counter_ns()
-        for item in src.items(audio=server.wants("audio")):
+        for item in src.items(audio=server.wants("audio"), lazy=True):
             stream = "video" if isinstance(item, Frame) else "audio"
             if isinstance(item, Frame):
                 tracer.emit("timing", stage="read", seq=item.seq, t_ns=item.t_ns,

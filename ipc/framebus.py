@@ -458,7 +458,10 @@ class FrameBusServer:
         return {g.name: g.acked_below for g in self.groups.values()}
 
     def publish(self, item: Item) -> None:
-        """Offer one item (a frame or audio chunk) to every group of its stream."""
+        """Offer one item (a frame or audio chunk) to every group of its stream.
+
+        A frame whose ``data`` is a function (``FileSource.items(lazy=True)``) has its pixels
+        made only if some group samples it; the others only advance the groups' sampling."""
         stream = _stream_of(item)
         if item.seq < self._skip_before.get(stream, 0):
             for group in self.groups.values():
@@ -466,6 +469,13 @@ class FrameBusServer:
                     group.sampled(item.t_ns)
                     group.acked_below = max(group.acked_below, item.seq + 1)
             return
+        if isinstance(item, Frame) and callable(item.data):
+            if not any(g.stream == "video" and g.sampler.due(item.t_ns)
+                       for g in self.groups.values()):
+                self._publish(item, stream)  # gaps and sampling only: nobody queues it
+                self._dispatch_all()
+                return
+            item = replace(item, data=item.data())
         if self.ring is not None and isinstance(item, Frame):
             leased = self.ring.put(item.image())
             if leased is None:  # only a `latest`-only (live) source gets here: drop, say so

@@ -31,6 +31,12 @@ class FpsSampler:
         self.next_due_ns += slots * self.period_ns
         return True
 
+    def due(self, t_ns: int) -> bool:
+        """What calling the sampler with ``t_ns`` would answer, without taking the slot."""
+        if self.fps is None or self.next_due_ns is None:
+            return True
+        return t_ns + self.period_ns // 4 >= self.next_due_ns
+
     def state(self) -> int | None:
         """The next due time (ns): with it, :meth:`restore` continues the same grid (a daemon
         resuming a file samples exactly the frames it sampled before)."""

@@ -10,6 +10,7 @@ import threading
 from fractions import Fraction
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -278,6 +279,47 @@ def test_shm_members_read_pixels_in_place_and_every_lease_comes_back(server, add
     assert {f["encoding"] for f in raw.frames} == {"raw"}
     assert [f["seq"] for f in shm_b.frames] == list(range(0, n, 3))
     assert all(f["pixels_ok"] for m in members for f in m.frames)
+
+
+def test_lazy_frames_are_converted_only_when_a_group_samples_them(server, addr):
+    n = 45
+    sampled = Member(addr("frames"), "sampled", fps="10", encoding="shm")  # every 3rd frame
+    members = [sampled]
+    converted: list[int] = []
+
+    def lazy(seq: int) -> Frame:
+        def pixels() -> np.ndarray:
+            converted.append(seq)
+            return frame(seq).data
+        return msgspec.structs.replace(frame(seq), data=pixels)
+
+    try:
+        assert not server.wait_for_groups(["sampled"], TIMEOUT_S)
+        for seq in range(n):
+            serve_until(server, members, server.can_accept)
+            server.publish(lazy(seq))
+        server.finish("video", n - 1, frame(n - 1).t_ns)
+        serve_until(server, members, lambda: sampled.eof is not None)
+    finally:
+        codes = [m.stop() for m in members]
+    assert codes == [0]
+    assert [f["seq"] for f in sampled.frames] == list(range(0, n, 3))
+    assert all(f["pixels_ok"] for f in sampled.frames)
+    assert converted == list(range(0, n, 3)), "the others never became pixels"
+    gaps = [tuple(g) for f in sampled.frames for g in f["gaps"]] + \
+        [tuple(g) for g in sampled.eof["gaps"]]
+    assert {g[2] for g in gaps} == {"sampled"}
+    skipped = sorted(s for first, last, _ in gaps for s in range(first, last + 1))
+    assert skipped == [s for s in range(n) if s % 3], "every other frame is a sampled gap"
+
+
+def test_sampler_due_answers_what_a_call_would_without_taking_the_slot():
+    from momentbus.ipc.sampling import FpsSampler
+
+    probe, reference = FpsSampler(10.0), FpsSampler(10.0)
+    for t_ns in range(0, 3_000_000_000, 41_708_333):  # 23.976 fps
+        assert probe.due(t_ns) == probe.due(t_ns) == reference(t_ns)
+        probe(t_ns)
 
 
 def test_credits_come_back_in_batches_and_every_one_by_the_end(server, addr):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import numpy as np
+
 from momentbus.media import AUDIO_RATE, FileSource
 from momentbus.ipc.schema import AudioChunk, Frame
 from momentbus.ipc.timebase import pts_to_ns
@@ -20,6 +22,23 @@ def test_t_ns_is_exact_pts_times_time_base(sample):
     # 23.976 fps: frame n at n * 1001/24000 s exactly, no float drift after 471 frames
     assert frames[471].pts == 471 * 1001
     assert frames[471].t_ns == round(471 * 1001 * 10**9 / 24000)
+
+
+def test_lazy_frames_convert_to_the_same_pixels_on_demand(sample):
+    eager = FileSource(sample("WolfgangLanger_Pexels.mp4"))
+    lazy = FileSource(sample("WolfgangLanger_Pexels.mp4"))
+    pairs = zip((f for f in eager.items() if isinstance(f, Frame)),
+                (f for f in lazy.items(lazy=True) if isinstance(f, Frame)))
+    for i, (a, b) in enumerate(pairs):
+        assert callable(b.data)
+        assert (b.seq, b.pts, b.t_ns, b.width, b.height) == (a.seq, a.pts, a.t_ns, a.width,
+                                                              a.height)
+        if i % 5 == 0:  # converted or not, frame by frame: the next read does not wait on it
+            assert np.array_equal(b.data(), a.data)
+        if i == 60:
+            break
+    eager.close()
+    lazy.close()
 
 
 def test_vfr_file_keeps_its_real_timestamps(sample):
