@@ -92,6 +92,14 @@ def serve_until(server: FrameBusServer, members: list[Member], predicate, timeou
             m.pump()
 
 
+def feed(server: FrameBusServer, members: list[Member], frames: list[Frame]) -> None:
+    """Publish ``frames`` as the daemon does (waiting on backpressure), then end the stream."""
+    for f in frames:
+        serve_until(server, members, server.can_accept)
+        server.publish(f)
+    server.finish("video", frames[-1].seq, frames[-1].t_ns)
+
+
 @pytest.fixture
 def server(addr):
     welcome = Welcome(source_id="synthetic", width=W, height=H, time_base=TB, duration_ns=None,
@@ -295,10 +303,7 @@ def test_lazy_frames_are_converted_only_when_a_group_samples_them(server, addr):
 
     try:
         assert not server.wait_for_groups(["sampled"], TIMEOUT_S)
-        for seq in range(n):
-            serve_until(server, members, server.can_accept)
-            server.publish(lazy(seq))
-        server.finish("video", n - 1, frame(n - 1).t_ns)
+        feed(server, members, [lazy(seq) for seq in range(n)])
         serve_until(server, members, lambda: sampled.eof is not None)
     finally:
         codes = [m.stop() for m in members]
@@ -338,10 +343,7 @@ def test_credits_come_back_in_batches_and_every_one_by_the_end(server, addr):
     server.inbox.recv = counting_recv
     try:
         assert not server.wait_for_groups(["batched"], TIMEOUT_S)
-        for seq in range(n):
-            serve_until(server, members, server.can_accept)
-            server.publish(frame(seq))
-        server.finish("video", n - 1, frame(n - 1).t_ns)
+        feed(server, members, [frame(seq) for seq in range(n)])
         serve_until(server, members, lambda: batched.eof is not None)
         serve_until(server, members, server.drained)
         assert server.ring is not None and server.ring.free == server.ring.n_slots
