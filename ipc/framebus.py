@@ -822,6 +822,7 @@ class FrameBusClient:
         self.welcome = welcome
         self._hello_pending = False
         self._last_heard = self._now()
+        self._owed = 0  # a new session: the window starts whole
         self._send(Credit(n=self.credits))
 
     def _send(self, msg: Message) -> None:
