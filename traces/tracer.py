@@ -6,7 +6,9 @@ instead of stalling the pipeline) and/or to the process's own JSONL file (remote
 
 Records travel in batches (:class:`~momentbus.ipc.schema.TraceBatch`): each ZeroMQ message wakes
 a thread at both ends, and on the project's 2-core machine one message per record made the
-``run`` parent spend ~120 us of CPU a record. A record waits at most :data:`TRACE_BATCH_S`.
+``run`` parent spend ~120 us of CPU a record. A record waits at most :data:`TRACE_BATCH_S`, so
+in the collector's file one process's records keep their order while records of different
+processes may interleave up to that far out of ``wall_ns`` order (sort by ``wall_ns`` to merge).
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ TRACE_BATCH_S = 0.05
 #: Records in one batch at most (a batch is sent as soon as it has this many). Records are
 #: ~0.2-2 kB; a batch over the 1 MiB header limit is sent in halves.
 TRACE_BATCH_MAX = 64
-#: Sent on their own, at once: a role's last words.
-UNBATCHED = frozenset({"summary", "error"})
+#: Sent at once (with what is pending before them): a role's last words, and a trigger, which
+#: a watcher waits for and whose record stays ahead of its clip's (fusion traces it before it
+#: sends the TRIG), so trace.jsonl keeps trigger -> clip in order.
+UNBATCHED = frozenset({"summary", "error", "trigger"})
 
 
 def wall_ns() -> int:
