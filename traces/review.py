@@ -121,7 +121,7 @@ def _int_param(request: Request, name: str, default: int | None) -> int | None:
 
 
 class _BadParam(ValueError):
-    pass
+    """A query parameter that is not what the API takes (answered 400)."""
 
 
 def create_app(out_dir: str | Path, *, token: str | None = None,
@@ -150,9 +150,13 @@ def create_app(out_dir: str | Path, *, token: str | None = None,
             "out": str(folder.root), "token": token or "", "page_size": page_size,
             "poll_ms": int(poll_interval * 1000)}, headers=headers)
 
-    async def status(request: Request) -> Response:
+    async def fresh(read: Callable[..., Any], *args: Any) -> Any:
+        """``read(*args)`` on the folder as it is now (both off the event loop)."""
         await run_in_threadpool(folder.refresh)
-        return json_response(await run_in_threadpool(folder.status))
+        return await run_in_threadpool(read, *args)
+
+    async def status(request: Request) -> Response:
+        return json_response(await fresh(folder.status))
 
     async def triggers(request: Request) -> Response:
         try:
@@ -161,12 +165,10 @@ def create_app(out_dir: str | Path, *, token: str | None = None,
             at_ns = _int_param(request, "at_ns", None)
         except _BadParam as e:
             return json_response({"error": str(e)}, 400)
-        await run_in_threadpool(folder.refresh)
-        return json_response(await run_in_threadpool(folder.triggers, offset, limit, at_ns))
+        return json_response(await fresh(folder.triggers, offset, limit, at_ns))
 
     async def one_trigger(request: Request) -> Response:
-        await run_in_threadpool(folder.refresh)
-        item = await run_in_threadpool(folder.trigger, request.path_params["index"])
+        item = await fresh(folder.trigger, request.path_params["index"])
         if item is None:
             return json_response({"error": f"no trigger #{request.path_params['index']}"}, 404)
         return json_response(item)
@@ -178,8 +180,7 @@ def create_app(out_dir: str | Path, *, token: str | None = None,
             t1 = _int_param(request, "t1_ns", None)
         except _BadParam as e:
             return json_response({"error": str(e)}, 400)
-        await run_in_threadpool(folder.refresh)
-        return json_response(await run_in_threadpool(folder.lanes, bins, t0, t1))
+        return json_response(await fresh(folder.lanes, bins, t0, t1))
 
     async def events(request: Request) -> Response:
         async def stream() -> AsyncIterator[str]:
