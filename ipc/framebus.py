@@ -875,8 +875,7 @@ class FrameBusClient:
                 self._holding.append(msg.seq)
                 return msg
             if isinstance(msg, Eof):
-                if self._owed:
-                    self._send_credit()
+                self._send_credit()  # what is owed for the last items
                 return msg
             if isinstance(msg, Heartbeat):  # liveness, and a clock sample
                 self.clock.receive(msg.clock)
@@ -906,8 +905,10 @@ class FrameBusClient:
             self._send_credit()
 
     def _send_credit(self) -> None:
+        """Send what is owed (nothing when nothing is)."""
         owed, self._owed = self._owed, 0
-        self._send(Credit(n=owed))
+        if owed:
+            self._send(Credit(n=owed))
 
     def heartbeat(self) -> None:
         """Every :data:`HEARTBEAT_INTERVAL_S`, whatever else flows: liveness, and clock stamps
@@ -920,8 +921,7 @@ class FrameBusClient:
     def leave(self) -> None:
         """Tell the server this member leaves on purpose (its in-flight items are not drops)."""
         try:
-            if self._owed:
-                self._send_credit()
+            self._send_credit()
             self._send(Eof(source_id="", component=self.hello.component, last_seq=-1,
                            t_end_ns=0, reason="bye"))
         except zmq.ZMQError:
