@@ -2,6 +2,7 @@
 the same extractor, fusion and clip code sequentially on the same frames.
 
     uv run python bench/pipeline.py [--long] [--extractors face,quality] [--fps 10]
+                                    [--repeat N] [--rows sequential,workers1,auto]
 
 ``--long`` builds a 118 s video from the sample by remuxing it six times end to end (packets
 copied with shifted timestamps, no re-encode; cached next to the samples) and runs on that.
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,9 @@ from momentbus.ipc.schema import Frame
 from momentbus.media import FileSource
 
 LONG_REPEATS = 6
+#: ``--rows`` keys -> row names, in the order they run
+ROWS = {"sequential": "sequential, one process", "workers1": "run --workers 1",
+        "auto": "run (--workers auto)"}
 
 
 def long_video(repeats: int = LONG_REPEATS) -> Path:
@@ -220,6 +225,12 @@ def main() -> None:
                     help=f"the sample remuxed {LONG_REPEATS} times end to end (118 s)")
     ap.add_argument("--extractors", default="face,quality")
     ap.add_argument("--fps", type=float, default=10.0)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="repetitions of all rows; with more than one, the median speed-up of "
+                         "each row is printed at the end (this 2-core VM's runs vary by ~10 %%)")
+    ap.add_argument("--rows", default=",".join(ROWS),
+                    help="comma-separated rows to run: sequential (always: the baseline), "
+                         "workers1 (run --workers 1), auto (run --workers auto)")
     ap.add_argument("--sequential-child", metavar="VIDEO", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.sequential_child:
@@ -230,24 +241,49 @@ def main() -> None:
     with FileSource(video) as info_src:
         duration = (info_src.info.duration_ns or 0) / 1e9
     analysed = len(args.extractors.split(",")) * int(duration * args.fps)
-    rows = [("sequential, one process", bench_sequential(video, args.extractors, args.fps)),
-            ("run --workers 1", bench_run(video, args.extractors, args.fps, "1")),
-            ("run (--workers auto)", bench_run(video, args.extractors, args.fps, "auto"))]
-    seq = rows[0][1]
+    chosen = args.rows.split(",")
+    unknown = [r for r in chosen if r not in ROWS]
+    if unknown or "sequential" not in chosen:
+        ap.error(f"--rows: a comma-separated subset of {','.join(ROWS)} with sequential "
+                 f"(the baseline); unknown: {','.join(unknown) or '-'}")
     print(f"{Path(video).name}: {duration:.1f} s, extractors {args.extractors} at {args.fps:g} "
           f"fps (~{analysed} extractor-frames), {os.cpu_count()} cores")
-    print(f"{'pipeline':24} {'wall s':>7} {'speed-up':>8} {'CPU %':>6} {'1st frame s':>11} "
-          f"{'RSS MB':>7} {'PSS MB':>7} {'PSS x':>6} {'triggers':>8}  processes")
-    for name, r in rows:
-        first = "-" if r["first_frame_s"] is None else f"{r['first_frame_s']:.2f}"
-        print(f"{name:24} {r['wall_s']:7.2f} {seq['wall_s'] / r['wall_s']:7.2f}x "
-              f"{r['cpu_pct']:6.0f} {first:>11} {r['peak_rss_mb']:7.0f} {r['peak_pss_mb']:7.0f} "
-              f"{r['peak_pss_mb'] / seq['peak_pss_mb']:5.2f}x {len(r['triggers']):8d}  "
-              f"{','.join(r['processes'])}")
-    same = all(r["triggers"] == seq["triggers"] for _, r in rows)
+    runs = {"sequential": lambda: bench_sequential(video, args.extractors, args.fps),
+            "workers1": lambda: bench_run(video, args.extractors, args.fps, "1"),
+            "auto": lambda: bench_run(video, args.extractors, args.fps, "auto")}
+    speedups: dict[str, list[float]] = {}
+    cpus: dict[str, list[float]] = {}
+    same = True
+    for rep in range(1, args.repeat + 1):
+        # the rows of one repetition run back to back, so a slow spell of the machine hits a
+        # row and its baseline alike; each row is compared with its own repetition's baseline
+        rows = [(ROWS[key], runs[key]()) for key in ROWS if key in chosen]
+        seq = rows[0][1]
+        if args.repeat > 1:
+            print(f"\nrepetition {rep} of {args.repeat}")
+        print(f"{'pipeline':24} {'wall s':>7} {'speed-up':>8} {'CPU %':>6} {'1st frame s':>11} "
+              f"{'RSS MB':>7} {'PSS MB':>7} {'PSS x':>6} {'triggers':>8}  processes")
+        for name, r in rows:
+            first = "-" if r["first_frame_s"] is None else f"{r['first_frame_s']:.2f}"
+            speedups.setdefault(name, []).append(seq["wall_s"] / r["wall_s"])
+            cpus.setdefault(name, []).append(r["cpu_pct"])
+            print(f"{name:24} {r['wall_s']:7.2f} {seq['wall_s'] / r['wall_s']:7.2f}x "
+                  f"{r['cpu_pct']:6.0f} {first:>11} {r['peak_rss_mb']:7.0f} "
+                  f"{r['peak_pss_mb']:7.0f} {r['peak_pss_mb'] / seq['peak_pss_mb']:5.2f}x "
+                  f"{len(r['triggers']):8d}  {','.join(r['processes'])}")
+        if not all(r["triggers"] == seq["triggers"] for _, r in rows):
+            same = False
+            print("TRIGGERS DIFFER: " + "; ".join(f"{n}: {r['triggers']}" for n, r in rows))
+    if args.repeat > 1:
+        print(f"\nmedian of {args.repeat} repetitions (each row against its own repetition's "
+              "sequential loop)")
+        print(f"{'pipeline':24} {'speed-up':>8} {'CPU %':>6}  speed-ups")
+        for name, values in speedups.items():
+            print(f"{name:24} {statistics.median(values):7.2f}x "
+                  f"{statistics.median(cpus[name]):6.0f}  "
+                  + " ".join(f"{v:.2f}x" for v in values))
     print("triggers (rule, onset) identical in every row" if same else
-          "TRIGGERS DIFFER: " + "; ".join(f"{n}: {r['triggers']}" for n, r in rows))
-
+          "TRIGGERS DIFFER in some repetition (above)")
 
 if __name__ == "__main__":
     main()
