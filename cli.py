@@ -648,27 +648,31 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors that are the user's to fix: one line, no traceback. Their modules import
+    numpy, PyAV and pyzmq (0.4 s here), so they are imported only when something is raised:
+    ``run`` starts its fork server first thing, and its imports overlap this process's."""
+    import zmq
+
+    from .daemon.samples import SampleError
+    from .extractors.base import ExtractorError
+    from .fusion.rules import RulesError
+    from .ipc.curve import SecurityError
+    from .media import SourceError
+
+    return (UserError, SourceError, RulesError, ExtractorError, SampleError, SecurityError,
+            zmq.ZMQError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
-    import zmq
-
-    from .media import SourceError
-    from .daemon.samples import SampleError
-    from .extractors.base import ExtractorError
-    from .fusion.rules import RulesError
-    from .ipc.curve import SecurityError
-
     try:
         return COMMANDS[args.command](args)
-    except (UserError, SourceError, RulesError, ExtractorError, SampleError,
-            SecurityError) as e:
-        print(f"momentbus: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except zmq.ZMQError as e:
+    except _user_errors() as e:  # evaluated only once something is raised
         print(f"momentbus: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

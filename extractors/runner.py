@@ -72,7 +72,11 @@ class RunnerConfig:
 class _FusionHeartbeat(threading.Thread):
     """Sends Heartbeat to fusion every 0.5 s on its own socket until stopped (heartbeats may
     be lost: they only say "alive"), with clock stamps; fusion answers each, so both ends keep
-    an estimate of the other's wall clock (:attr:`clock`)."""
+    an estimate of the other's wall clock (:attr:`clock`).
+
+    :meth:`stop` wakes it at once through a pipe it polls beside the socket: waiting for its
+    next beat instead kept every extractor alive up to 0.5 s after its work was done, cores
+    idle at the end of each run (measured with strace on a run's last second)."""
 
     def __init__(self, address: str, component: str) -> None:
         super().__init__(name="fusion-heartbeat", daemon=True)
@@ -80,24 +84,46 @@ class _FusionHeartbeat(threading.Thread):
         self.component = component
         self.stopped = threading.Event()
         self.clock = LinkClock()
+        self._wake_r, self._wake_w = os.pipe()
+
+    def stop(self) -> None:
+        """Stop the thread without waiting for it (join it after). Idempotent."""
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        os.close(self._wake_w)  # the thread's poll sees the read end at EOF and returns
+        if self.ident is None:  # never started: nobody else closes the read end
+            os.close(self._wake_r)
 
     def run(self) -> None:
-        with sockets.connect(zmq.DEALER, self.address, hwm=10) as sock:
-            replies: sockets.Receiver[Heartbeat] = sockets.Receiver(
-                sock, (Heartbeat,), where="the fusion heartbeat")
-            next_beat = time.monotonic()
-            while not self.stopped.is_set():
-                if time.monotonic() >= next_beat:
-                    sockets.try_send(sock, Heartbeat(component=self.component,
-                                                     wall_ns=time.time_ns(),
-                                                     clock=self.clock.stamps()))
-                    next_beat = time.monotonic() + HEARTBEAT_INTERVAL_S
-                reply = replies.recv(max(1, int((next_beat - time.monotonic()) * 1000)))
-                if reply is not None:
-                    self.clock.receive(reply.clock)
-                    est = self.clock.estimate()
-                    if est is None or est.samples < REPORT_MIN_SAMPLES:
-                        next_beat = time.monotonic()  # a few quick rounds: both ends converge
+        try:
+            with sockets.connect(zmq.DEALER, self.address, hwm=10) as sock:
+                self._beat(sock)
+        finally:
+            os.close(self._wake_r)
+
+    def _beat(self, sock: zmq.Socket[Any]) -> None:
+        replies: sockets.Receiver[Heartbeat] = sockets.Receiver(
+            sock, (Heartbeat,), where="the fusion heartbeat")
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_beat = time.monotonic()
+        while not self.stopped.is_set():
+            if time.monotonic() >= next_beat:
+                sockets.try_send(sock, Heartbeat(component=self.component,
+                                                 wall_ns=time.time_ns(),
+                                                 clock=self.clock.stamps()))
+                next_beat = time.monotonic() + HEARTBEAT_INTERVAL_S
+            ready = dict(poller.poll(max(1, int((next_beat - time.monotonic()) * 1000))))
+            if sock not in ready:
+                continue  # time for a beat, or stopped
+            reply = replies.recv(0)
+            if reply is not None:
+                self.clock.receive(reply.clock)
+                est = self.clock.estimate()
+                if est is None or est.samples < REPORT_MIN_SAMPLES:
+                    next_beat = time.monotonic()  # a few quick rounds: both ends converge
 
 
 def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor | None = None,
@@ -216,7 +242,7 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
             tracer.error("frame_bus", e)
             code = ExitCode.SOURCE_LOST
         finally:
-            heartbeat.stopped.set()
+            heartbeat.stop()
             tracer.emit("member", event="leave", group=cfg.group_name, processed=processed,
                         errors=errors, bad_messages=client.bad_messages,
                         resent_to_fusion=link.resends, rejoins=client.rejoins)
