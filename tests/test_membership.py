@@ -190,3 +190,26 @@ def test_a_lost_instance_items_go_to_the_rest_of_its_group_after_the_grace(addr)
         server.close()
     assert [f["seq"] for f in other.frames] == [0]
     assert lost == [(f"test:shared#{1 if holder is a else 2}", "shared")]
+
+
+def test_fusion_heartbeat_stops_at_once_not_at_its_next_beat(addr, monkeypatch):
+    """An extractor joins its fusion-heartbeat thread on the way out: stop() must wake the
+    thread from its wait, or every extractor outlives its work by up to a beat interval (made
+    an hour here, so only the wake-up can end the thread within the join's deadline)."""
+    from momentbus.extractors import runner
+
+    monkeypatch.setattr(runner, "HEARTBEAT_INTERVAL_S", 3600.0)
+    fusion = sockets.bind(zmq.ROUTER, addr("obs"), hwm=0)
+    try:
+        beat = runner._FusionHeartbeat(addr("obs"), "extractor:test#1")
+        beat.start()
+        assert fusion.poll(int(TIMEOUT_S * 1000)), "no heartbeat reached fusion"
+        _, msg = sockets.recv(fusion, router=True)
+        assert isinstance(msg, Heartbeat)  # the thread is in its hour-long wait now
+        beat.stop()
+        beat.join(TIMEOUT_S)
+        assert not beat.is_alive()
+        beat.stop()  # idempotent
+    finally:
+        fusion.close(0)
+
