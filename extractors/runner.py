@@ -7,9 +7,12 @@ a death), ``timing`` trace records and error handling. One bad frame is an ``err
 watermark advance, not a crash; repeated failures end the process with a non-zero code so the
 supervisor can restart it. Every extractor goes through the same steps (see :mod:`.base`).
 
-It never ends because the daemon or fusion went away: it says Hello to the daemon again, and
-keeps fusion's messages until they are acknowledged. It ends at the end of the stream once
-fusion has everything, when stopped, or after ``daemon_timeout_s`` without the daemon.
+It says Hello to fusion first and joins the frame bus only once fusion has acknowledged it:
+fusion must know a member before the member takes a frame (a group's watermark is the minimum
+over the members fusion knows). It never ends because the daemon or fusion went away: it says
+Hello to the daemon again, and keeps fusion's messages until they are acknowledged. It ends at
+the end of the stream once fusion has everything, when stopped, or after ``daemon_timeout_s``
+without the daemon.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import msgspec
 import zmq
 
 from ..ipc import sockets
-from ..ipc.curve import PeerRefusedError
+from ..ipc.curve import HandshakeWatch, PeerRefusedError
 from ..ipc.errors import PeerTimeoutError
 from ..ipc.framebus import HEARTBEAT_INTERVAL_S, FrameBusClient, SupersededError
 from ..ipc.clock import REPORT_MIN_SAMPLES
@@ -42,6 +45,10 @@ MAX_CONSECUTIVE_ERRORS = 20
 #: At the end of the stream, how long to wait for fusion to acknowledge the last messages
 #: (fusion restarting takes a few seconds: its log replays at ~35,000 observations/s).
 FUSION_DRAIN_TIMEOUT_S = 120.0
+#: A member waits for fusion to acknowledge its Hello before it takes frames; past this long it
+#: says so (trace ``waiting_for_fusion``, a warning): fusion answers within one poll (0.1 s)
+#: when it is up, so a second means it is down, restarting or at a wrong address.
+FUSION_WAIT_NOTICE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,31 @@ class RunnerConfig:
     @property
     def component(self) -> str:
         return component_name(self.group_name, self.instance)
+
+
+def _wait_for_fusion(link: ReliableSender, rseq: int, cfg: RunnerConfig, tracer: Tracer,
+                     stop: StopFlag, handshake: HandshakeWatch) -> bool:
+    """Wait until fusion acknowledged ``rseq`` (our Hello), at most ``cfg.join_timeout_s``;
+    traces ``waiting_for_fusion`` once after :data:`FUSION_WAIT_NOTICE_S`. False on timeout or
+    stop.
+
+    Raises:
+        PeerRefusedError: fusion refuses our CURVE handshake.
+    """
+    def acked() -> bool:
+        handshake.check(sockets.security().curve)
+        return link.acked >= rseq or stop.is_set()
+
+    if link.wait(acked, min(FUSION_WAIT_NOTICE_S, cfg.join_timeout_s)):
+        return not stop.is_set()
+    tracer.emit("member", event="waiting_for_fusion", group=cfg.group_name, fusion=cfg.fusion)
+    tracer.log.warning("waiting_for_fusion", fusion=cfg.fusion,
+                       hint="frames are taken only once fusion acknowledges this member")
+    if link.wait(acked, max(cfg.join_timeout_s - FUSION_WAIT_NOTICE_S, 0.0)):
+        return not stop.is_set()
+    tracer.error("join", f"fusion at {cfg.fusion} did not acknowledge this member within "
+                 f"{cfg.join_timeout_s:.0f} s (is it running, and is the address right?)")
+    return False
 
 
 class _FusionHeartbeat(threading.Thread):
@@ -138,117 +170,136 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
     processed = errors = consecutive = 0
     code: int = ExitCode.OK
     clean = False  # only a clean end says "bye": after a crash the daemon keeps our frames
-    with FrameBusClient(cfg.daemon, hello, credits=cfg.credits,
-                        daemon_timeout_s=cfg.daemon_timeout_s) as client, \
-            sockets.connect(zmq.DEALER, cfg.fusion, hwm=0) as fusion_sock:
+    fusion_handshake = HandshakeWatch("fusion", cfg.fusion)
+    with sockets.connect(zmq.DEALER, cfg.fusion, hwm=0,
+                         before_connect=fusion_handshake.attach) as fusion_sock:
         link = ReliableSender(fusion_sock, cfg.component, cfg.incarnation)
-
-        def to_fusion(msg: Any) -> None:
-            if not link.has_room():  # fusion is down: wait (the source waits with us)
-                link.wait(lambda: link.has_room() or stop.is_set(), float("inf"),
-                          idle=client.heartbeat)
-            link.send(msg)
-
+        # fusion must know this member before the daemon gives it a frame (a group's watermark
+        # is the minimum over the members fusion knows: frames taken by a member it has not
+        # heard of could be released past, and come late), so the frame bus comes second
         try:
-            try:
-                welcome = client.join(cfg.join_timeout_s, stop.is_set)
-            except PeerTimeoutError as e:
-                tracer.error("join", e)
-                return ExitCode.JOIN_TIMEOUT
-            except PeerRefusedError as e:  # keys that cannot work: a user mistake, exit 2
-                tracer.error("join", e)
-                raise
-            tracer.source_id = welcome.source_id
-            stamper = ObsStamper(welcome.source_id, cfg.group_name, cfg.component)
-
-            def send_watermark(t_ns: int | None) -> None:
-                if t_ns is not None:
-                    to_fusion(Watermark(source_id=welcome.source_id, group=cfg.group_name,
-                                        component=cfg.component, t_ns=t_ns))
-
-            def send(results: list[Result], watermark_ns: int, latency_ns: int = 0) -> None:
-                observations, bare = stamper.stamp(results, watermark_ns, latency_ns)
-                for obs in observations:
-                    to_fusion(msgspec.structs.replace(obs, sent_wall_ns=time.time_ns()))
-                send_watermark(bare)
-
-            def clock_reports() -> None:
-                for peer, clock in (("daemon", client.clock), ("fusion", heartbeat.clock)):
-                    est = clock.report_due()
-                    if est is not None:
-                        tracer.emit("member", event="clock", member=cfg.component,
-                                    group=cfg.group_name, peer=peer, **est.fields())
-
-            to_fusion(hello)
-            heartbeat.start()
-            tracer.emit("member", event="ready", group=cfg.group_name, policy=cfg.policy,
-                        fps=cfg.fps, instance=cfg.instance, incarnation=cfg.incarnation)
-            while not stop.is_set():
-                link.pump()
-                clock_reports()
-                item = client.recv(100)
-                if item is None:
-                    continue
-                if isinstance(item, Eof):
-                    send(extractor.flush(), item.t_end_ns)
-                    to_fusion(Eof(source_id=welcome.source_id, component=cfg.component,
-                                  last_seq=item.last_seq, t_end_ns=stamper.watermark_ns,
-                                  reason=item.reason))
-                    clean = True
-                    break
-                received_wall = time.time_ns()
-                if getattr(item, "gaps", None):
-                    # frames skipped for us (sampling, `latest` drops) will never be processed:
-                    # say so now, so a rule waiting on this group need not wait for our work
-                    send_watermark(stamper.advance(item.t_ns - 1 - extractor.max_lateness_ns))
-                t0 = time.perf_counter_ns()
-                try:
-                    results = extractor.process(item)
-                except Exception as e:  # a backend failure on one item must not kill the process
-                    errors += 1
-                    consecutive += 1
-                    tracer.error("process", e, seq=item.seq, t_ns=item.t_ns)
-                    send_watermark(stamper.advance(extractor.watermark_after(item)))
-                    client.done()
-                    if consecutive >= MAX_CONSECUTIVE_ERRORS:
-                        tracer.error("process", f"{consecutive} consecutive failures; giving up")
-                        code = ExitCode.EXTRACTOR_FAILED
-                        break
-                    continue
-                consecutive = 0
-                process_ns = time.perf_counter_ns() - t0
-                # the capture stamp is the daemon's wall clock: moved to ours by the measured
-                # offset, so another host's clock error does not show up as latency
-                captured = client.clock.to_local_ns(item.capture_wall_ns)
-                latency_ns = time.time_ns() - captured
-                send(results, extractor.watermark_after(item), latency_ns)
-                client.done()
-                processed += 1
-                tracer.emit("timing", seq=item.seq, t_ns=item.t_ns, stage="process",
-                            process_ms=round(process_ns / 1e6, 3),
-                            wait_ms=round((received_wall - captured) / 1e6, 3),
-                            latency_ms=round(latency_ns / 1e6, 3),
-                            gaps=msgspec.to_builtins(item.gaps) if getattr(item, "gaps", None)
-                            else None)
-            if clean and not link.wait(lambda: link.all_acked() or stop.is_set(),
-                                       FUSION_DRAIN_TIMEOUT_S, idle=client.heartbeat):
-                tracer.error("fusion", f"fusion did not acknowledge the last {link.unacked} "
-                             f"message(s) within {FUSION_DRAIN_TIMEOUT_S:.0f} s")
-                code = ExitCode.FUSION_UNREACHABLE
-        except SupersededError as e:
-            tracer.error("frame_bus", e)
-            code = ExitCode.SUPERSEDED
-        except PeerTimeoutError as e:  # the daemon is gone: not the end of the stream
-            tracer.error("frame_bus", e)
-            code = ExitCode.SOURCE_LOST
-        finally:
+            known = _wait_for_fusion(link, link.send(hello), cfg, tracer, stop,
+                                     fusion_handshake)
+        except PeerRefusedError as e:  # keys that cannot work: a user mistake, exit 2
+            tracer.error("join", e)
             heartbeat.stop()
-            tracer.emit("member", event="leave", group=cfg.group_name, processed=processed,
-                        errors=errors, bad_messages=client.bad_messages,
-                        resent_to_fusion=link.resends, rejoins=client.rejoins)
-            if clean or stop.is_set():
-                client.leave()
             extractor.close()
-            if heartbeat.is_alive():
-                heartbeat.join(2)
+            raise
+        finally:
+            fusion_handshake.close()
+        if not known:
+            heartbeat.stop()
+            extractor.close()
+            return ExitCode.OK if stop.is_set() else ExitCode.FUSION_UNREACHABLE
+        with FrameBusClient(cfg.daemon, hello, credits=cfg.credits,
+                            daemon_timeout_s=cfg.daemon_timeout_s) as client:
+            def to_fusion(msg: Any) -> None:
+                if not link.has_room():  # fusion is down: wait (the source waits with us)
+                    link.wait(lambda: link.has_room() or stop.is_set(), float("inf"),
+                              idle=client.heartbeat)
+                link.send(msg)
+
+            try:
+                try:
+                    welcome = client.join(cfg.join_timeout_s, stop.is_set)
+                except PeerTimeoutError as e:
+                    tracer.error("join", e)
+                    return ExitCode.JOIN_TIMEOUT
+                except PeerRefusedError as e:  # keys that cannot work: a user mistake, exit 2
+                    tracer.error("join", e)
+                    raise
+                tracer.source_id = welcome.source_id
+                stamper = ObsStamper(welcome.source_id, cfg.group_name, cfg.component)
+
+                def send_watermark(t_ns: int | None) -> None:
+                    if t_ns is not None:
+                        to_fusion(Watermark(source_id=welcome.source_id, group=cfg.group_name,
+                                            component=cfg.component, t_ns=t_ns))
+
+                def send(results: list[Result], watermark_ns: int, latency_ns: int = 0) -> None:
+                    observations, bare = stamper.stamp(results, watermark_ns, latency_ns)
+                    for obs in observations:
+                        to_fusion(msgspec.structs.replace(obs, sent_wall_ns=time.time_ns()))
+                    send_watermark(bare)
+
+                def clock_reports() -> None:
+                    for peer, clock in (("daemon", client.clock), ("fusion", heartbeat.clock)):
+                        est = clock.report_due()
+                        if est is not None:
+                            tracer.emit("member", event="clock", member=cfg.component,
+                                        group=cfg.group_name, peer=peer, **est.fields())
+
+                heartbeat.start()
+                tracer.emit("member", event="ready", group=cfg.group_name, policy=cfg.policy,
+                            fps=cfg.fps, instance=cfg.instance, incarnation=cfg.incarnation)
+                while not stop.is_set():
+                    link.pump()
+                    clock_reports()
+                    item = client.recv(100)
+                    if item is None:
+                        continue
+                    if isinstance(item, Eof):
+                        send(extractor.flush(), item.t_end_ns)
+                        to_fusion(Eof(source_id=welcome.source_id, component=cfg.component,
+                                      last_seq=item.last_seq, t_end_ns=stamper.watermark_ns,
+                                      reason=item.reason))
+                        clean = True
+                        break
+                    received_wall = time.time_ns()
+                    if getattr(item, "gaps", None):
+                        # frames skipped for us (sampling, `latest` drops) will never be processed:
+                        # say so now, so a rule waiting on this group need not wait for our work
+                        send_watermark(
+                            stamper.advance(item.t_ns - 1 - extractor.max_lateness_ns))
+                    t0 = time.perf_counter_ns()
+                    try:
+                        results = extractor.process(item)
+                    except Exception as e:  # one item's backend failure must not kill us
+                        errors += 1
+                        consecutive += 1
+                        tracer.error("process", e, seq=item.seq, t_ns=item.t_ns)
+                        send_watermark(stamper.advance(extractor.watermark_after(item)))
+                        client.done()
+                        if consecutive >= MAX_CONSECUTIVE_ERRORS:
+                            tracer.error("process",
+                                         f"{consecutive} consecutive failures; giving up")
+                            code = ExitCode.EXTRACTOR_FAILED
+                            break
+                        continue
+                    consecutive = 0
+                    process_ns = time.perf_counter_ns() - t0
+                    # the capture stamp is the daemon's wall clock: moved to ours by the measured
+                    # offset, so another host's clock error does not show up as latency
+                    captured = client.clock.to_local_ns(item.capture_wall_ns)
+                    latency_ns = time.time_ns() - captured
+                    send(results, extractor.watermark_after(item), latency_ns)
+                    client.done()
+                    processed += 1
+                    tracer.emit("timing", seq=item.seq, t_ns=item.t_ns, stage="process",
+                                process_ms=round(process_ns / 1e6, 3),
+                                wait_ms=round((received_wall - captured) / 1e6, 3),
+                                latency_ms=round(latency_ns / 1e6, 3),
+                                gaps=msgspec.to_builtins(item.gaps) if getattr(item, "gaps", None)
+                                else None)
+                if clean and not link.wait(lambda: link.all_acked() or stop.is_set(),
+                                           FUSION_DRAIN_TIMEOUT_S, idle=client.heartbeat):
+                    tracer.error("fusion", f"fusion did not acknowledge the last {link.unacked} "
+                                 f"message(s) within {FUSION_DRAIN_TIMEOUT_S:.0f} s")
+                    code = ExitCode.FUSION_UNREACHABLE
+            except SupersededError as e:
+                tracer.error("frame_bus", e)
+                code = ExitCode.SUPERSEDED
+            except PeerTimeoutError as e:  # the daemon is gone: not the end of the stream
+                tracer.error("frame_bus", e)
+                code = ExitCode.SOURCE_LOST
+            finally:
+                heartbeat.stop()
+                tracer.emit("member", event="leave", group=cfg.group_name, processed=processed,
+                            errors=errors, bad_messages=client.bad_messages,
+                            resent_to_fusion=link.resends, rejoins=client.rejoins)
+                if clean or stop.is_set():
+                    client.leave()
+                extractor.close()
+                if heartbeat.is_alive():
+                    heartbeat.join(2)
     return code

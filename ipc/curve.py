@@ -48,6 +48,7 @@ rate-limited per (fingerprint, address, reason) (``repeat_s``) and every attempt
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -82,7 +83,8 @@ __all__ = [
     "KeyPair", "ClientKeys", "init_keys", "add_client", "load_server_keys", "load_client_keys",
     "allowed_client_keys", "PeerRefusedError", "fingerprint", "is_loopback", "require_security",
     "configure_server", "configure_client", "handshake_failure_reason", "HANDSHAKE_EVENTS",
-    "handshake_monitor", "wait_handshake", "CurveAuthenticator",
+    "handshake_monitor", "wait_handshake", "CurveAuthenticator", "HandshakeWatch",
+    "refusal_text",
     "OnRefused", "OnAllowed",
 ]
 
@@ -558,6 +560,76 @@ def wait_handshake(monitor: zmq.Socket[Any], timeout_s: float) -> str | None:
         reason = handshake_failure_reason(event["event"], event["value"])
         if reason is not None:
             return reason
+
+
+def refusal_text(peer: str, address: str, reason: str, have_keys: bool) -> str:
+    """One line telling a user why ``peer`` (``"the daemon"``, ``"fusion"``) at ``address``
+    refused this role's handshake, and what to do about it."""
+    if not have_keys:
+        return (f"{peer} at {address} requires CURVE ({reason}): give --keys DIR, a copy "
+                "of its key folder")
+    if reason == REFUSED_BY_SERVER:
+        return (f"{peer} at {address} refused our key: it does not admit this client "
+                "(copy its public key DIR/clients/NAME.key to its key folder)")
+    if reason == REFUSED_MECHANISM:
+        return (f"{peer} at {address} and this role disagree on CURVE: give both --keys "
+                "DIR (or both --insecure)")
+    return (f"the CURVE handshake with {peer} at {address} failed ({reason}): is --keys the "
+            "folder it uses (the same `momentbus keys init`)?")
+
+
+class HandshakeWatch:
+    """Tells a server that refuses a connecting socket's CURVE handshake from one that is not
+    there yet (tcp only: ipc has no handshake to refuse).
+
+    Pass :meth:`attach` as ``before_connect`` to :func:`~momentbus.ipc.sockets.connect`, call
+    :meth:`check` while waiting for the first answer, :meth:`close` once answered.
+    """
+
+    def __init__(self, peer: str, address: str) -> None:
+        self.peer = peer
+        self.address = address
+        self._sock: zmq.Socket[Any] | None = None
+        self._monitor: zmq.Socket[Any] | None = None
+        self._failures: list[str] = []
+
+    def attach(self, sock: zmq.Socket[Any]) -> None:
+        from .security import is_tcp  # security imports this module
+
+        if is_tcp(self.address):
+            self._sock = sock
+            self._monitor = handshake_monitor(sock)
+
+    def check(self, have_keys: bool) -> None:
+        """Raise when the peer keeps refusing our handshake.
+
+        Raises:
+            PeerRefusedError: a refusal by ZAP or a mechanism mismatch (final: libzmq does not
+                retry), or three closed handshakes in a row (what a wrong server key looks
+                like; libzmq retries those).
+        """
+        if self._monitor is None:
+            return
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._failures.clear()
+                continue
+            reason = handshake_failure_reason(event["event"], event["value"])
+            if reason is not None:
+                self._failures.append(reason)
+        failures = self._failures
+        if failures and (failures[-1] != HANDSHAKE_FAILED or len(failures) >= 3):
+            raise PeerRefusedError(refusal_text(self.peer, self.address, failures[-1],
+                                                have_keys))
+
+    def close(self) -> None:
+        """Stop watching (idempotent)."""
+        if self._monitor is not None and self._sock is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.disable_monitor()
+            self._monitor.close(0)
+        self._monitor = self._sock = None
 
 
 # ---------------------------------------------------------------------------------- ZAP

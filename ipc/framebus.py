@@ -46,25 +46,20 @@ readers, credits returned 4 at a time instead of one by one took the bus from 0.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import zmq
 from msgspec.structs import replace
 from numpy.typing import NDArray
-from zmq.utils.monitor import recv_monitor_message
 
 from . import sockets
 from .errors import DecodeError, PeerTimeoutError
-from .curve import (HANDSHAKE_FAILED, REFUSED_BY_SERVER, REFUSED_MECHANISM, PeerRefusedError,
-                    handshake_failure_reason, handshake_monitor)
+from .curve import HandshakeWatch
 from .linkclock import LinkClock
-from .security import is_tcp
 from .sampling import FpsSampler
 from .schema import (AudioChunk, Credit, Eof, Frame, Gap, Heartbeat, Hello, Message, Packet,
                      Rejoin, ShmRef, StreamInfo, Welcome)
@@ -694,20 +689,6 @@ def _encode_jpeg(img: NDArray[np.uint8], quality: int = 80) -> bytes:
     return bytes(buf.tobytes())
 
 
-def _refusal_text(address: str, reason: str, have_keys: bool) -> str:
-    if not have_keys:
-        return (f"the daemon at {address} requires CURVE ({reason}): give --keys DIR, a copy "
-                "of its key folder")
-    if reason == REFUSED_BY_SERVER:
-        return (f"the daemon at {address} refused our key: it does not admit this client "
-                "(copy its public key DIR/clients/NAME.key to the daemon's key folder)")
-    if reason == REFUSED_MECHANISM:
-        return (f"the daemon at {address} and this role disagree on CURVE: give both --keys "
-                "DIR (or both --insecure)")
-    return (f"the CURVE handshake with the daemon at {address} failed ({reason}): is --keys the "
-            "folder the daemon uses (the same `momentbus keys init`)?")
-
-
 class SupersededError(PeerTimeoutError):
     """A newer incarnation of this member joined the daemon: this process must stop."""
 
@@ -740,14 +721,10 @@ class FrameBusClient:
         self._owed = 0  # credits earned by done() and not yet sent
         self.daemon_timeout_s = daemon_timeout_s
         self._now = now
-        self._monitor: zmq.Socket[Any] | None = None
-        self._handshake_failures: list[str] = []
-
-        def watch(sock: zmq.Socket[Any]) -> None:
-            if is_tcp(address):  # tell a refused handshake from a daemon not there yet
-                self._monitor = handshake_monitor(sock)
-
-        self.sock = sockets.connect(zmq.DEALER, address, hwm=0, before_connect=watch)
+        # tells a daemon refusing our handshake from one not there yet
+        self._handshake = HandshakeWatch("the daemon", address)
+        self.sock = sockets.connect(zmq.DEALER, address, hwm=0,
+                                    before_connect=self._handshake.attach)
         self.inbox: sockets.Receiver[Message] = sockets.Receiver(
             self.sock, (Welcome, Frame, AudioChunk, Packet, StreamInfo, Eof, Heartbeat, Rejoin),
             where="the frame bus client")
@@ -793,29 +770,10 @@ class FrameBusClient:
 
     def _check_handshake(self) -> None:
         """Raise when the daemon keeps refusing our CURVE handshake (reasons: ipc/curve.py)."""
-        if self._monitor is None:
-            return
-        while self._monitor.poll(0):
-            event = recv_monitor_message(self._monitor)
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._handshake_failures.clear()
-                continue
-            reason = handshake_failure_reason(event["event"], event["value"])
-            if reason is not None:
-                self._handshake_failures.append(reason)
-        failures = self._handshake_failures
-        # a refusal by ZAP or a mechanism mismatch is final (libzmq does not retry); a closed
-        # handshake is what a wrong server key looks like, and it retries: three in a row
-        if failures and (failures[-1] != HANDSHAKE_FAILED or len(failures) >= 3):
-            raise PeerRefusedError(_refusal_text(self.address, failures[-1],
-                                                 sockets.security().curve))
+        self._handshake.check(sockets.security().curve)
 
     def _close_monitor(self) -> None:
-        if self._monitor is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self.sock.disable_monitor()
-            self._monitor.close(0)
-            self._monitor = None
+        self._handshake.close()
 
     def _welcomed(self, welcome: Welcome) -> None:
         self._close_monitor()

@@ -265,3 +265,84 @@ def test_two_processes_of_one_kind_are_two_members_of_one_group(video, clean, tm
                  for c in ("extractor:face#1", "extractor:face#2")}
     assert by_member["extractor:face#1"] and by_member["extractor:face#2"], "both took frames"
     assert not set(by_member["extractor:face#1"]) & set(by_member["extractor:face#2"])
+
+
+def test_a_member_that_joins_while_fusion_is_down_is_never_late(video, clean, tmp_path):
+    """Fusion must know a member before the daemon gives it a frame.
+
+    Roles by hand. face#1 and quality run; fusion is stopped (SIGSTOP) and a second face
+    process starts. Fusion is then killed, which loses whatever face#2 had sent it, and
+    restarted with --resume while face#2 is held (SIGSTOP), so face#1's resent backlog reaches
+    the new fusion first. Before the fix face#2 joined the daemon at once and took every other
+    frame; the new fusion, knowing only face#1, released the face group past them, and face#2's
+    observations were late (what CI once caught at random in the fusion SIGKILL test above).
+    Now face#2 joins the frame bus only once fusion has acknowledged its Hello.
+    """
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    logs.mkdir()
+    frames, obs, clip = (f"ipc://{tmp_path}/{name}" for name in ("f", "o", "c"))
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(name: str, *args: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(momentbus_cmd(*args, "--trace-file", str(logs / f"{name}.jsonl")),
+                                stdout=subprocess.DEVNULL,
+                                stderr=open(logs / f"{name}.log", "ab"), start_new_session=True)
+        procs[name] = proc
+        return proc
+
+    def face(instance: int) -> tuple[str, ...]:
+        return ("extractor", "face", "--daemon", frames, "--fusion", obs, "--fps", "10",
+                "--instance", str(instance))
+
+    fusion_args = ("fusion", "--bind", obs, "--clip", clip, "--out", str(out),
+                   "--expect", "face,quality")
+    try:
+        start("clip", "clip", str(video), "--bind", clip, "--out", str(out))
+        fusion = start("fusion", *fusion_args)
+        daemon = start("daemon", "daemon", str(video), "--bind", frames, "--fusion", obs,
+                       "--expect", "face,quality")
+        start("quality", "extractor", "quality", "--daemon", frames, "--fusion", obs,
+              "--fps", "10")
+        face1 = start("face1", *face(1))
+        wait_for_trace(face1, logs / "face1.jsonl", lambda r: r["record"] == "timing")
+        fusion.send_signal(signal.SIGSTOP)
+        face2 = start("face2", *face(2))
+        # face#2 either took a frame (before the fix) or waits for fusion's acknowledgement
+        hit = wait_for_trace(face2, logs / "face2.jsonl", lambda r: r["record"] == "timing"
+                             or r.get("event") == "waiting_for_fusion")[0]
+        if hit["record"] == "timing":  # before the fix: face#1 goes past face#2's first frame
+            wait_for_trace(face1, logs / "face1.jsonl", lambda r: r["record"] == "timing"
+                           and r["seq"] > hit["seq"])
+        fusion.kill()
+        fusion.wait(30)
+        face2.send_signal(signal.SIGSTOP)
+        backlog = {member: max(r["seq"] for r in records_of(logs / f"{name}.jsonl")
+                               if r["record"] == "timing")
+                   for member, name in (("extractor:face#1", "face1"),
+                                        ("extractor:quality#1", "quality"))}
+        fusion = start("fusion2", *fusion_args, "--resume")
+        for member, seq in backlog.items():  # what face#1 and quality did reaches fusion first
+            wait_for_trace(fusion, logs / "fusion2.jsonl",
+                           lambda r, m=member, s=seq: r.get("stage") == "fusion_in"
+                           and r["member"] == m and r["seq"] >= s)
+        face2.send_signal(signal.SIGCONT)
+        for name in ("daemon", "face1", "face2", "quality", "fusion2", "clip"):
+            assert procs[name].wait(240) == 0, (logs / f"{name}.log").read_text()[-2000:]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait(10)
+    assert triggers(out) == clean
+    assert len(list((out / "clips").glob("*.json"))) == len(clean)
+    late = [r for name in ("fusion", "fusion2") for r in records_of(logs / f"{name}.jsonl")
+            if r["record"] == "late_obs"]
+    assert not late
+    face2_frames = [r["seq"] for r in records_of(logs / "face2.jsonl") if r["record"] == "timing"]
+    assert face2_frames, "face#2 joined and took frames once fusion was back"
+    assert daemon.returncode == 0
+
+
+def records_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]

@@ -195,8 +195,8 @@ def test_refused_extractors_get_nothing_are_traced_and_the_run_completes(net, ke
                                                                         tmp_path) -> None:
     """Beside an authorised quality extractor on host b: one without keys, one with a client
     key the folder does not hold, one from another `keys init` (a stranger). Each is refused
-    at the daemon and at fusion, traced with what is known of it; the job completes with the
-    authorised one."""
+    at fusion (a member speaks to fusion first), traced with what is known of it, and never
+    reaches the daemon; the job completes with the authorised one."""
     b = net[1]
     unknown = curve.init_keys(tmp_path / "unknown")
     shutil.copy(keys / "server.key", unknown / "server.key")  # the right server, an unknown key
@@ -220,17 +220,18 @@ def test_refused_extractors_get_nothing_are_traced_and_the_run_completes(net, ke
         code, err = ended[name]
         lines = err.strip().splitlines()
         assert code == 2 and lines[-1].startswith("momentbus: error: "), (name, err)
+        assert "fusion at " in lines[-1], (name, err)
         assert "Traceback" not in err
         assert not [r for r in job.trace(name) if r.get("event") == "ready"], name
     unknown_fp = curve.load_client_keys(unknown).pair.fingerprint
-    for role in ("daemon", "fusion"):
-        refused = [r for r in job.trace(role) if r.get("event") == "refused"]
-        reasons = {r["reason"] for r in refused}
-        assert any(r["reason"] == "unknown_key" and r["fingerprint"] == unknown_fp
-                   and r["address"] == b.address for r in refused), refused
-        assert reasons & {"mechanism_mismatch", "handshake_aborted"}, refused  # no keys
-        assert "wrong_server_key" in reasons, refused  # the stranger
-        assert not any("secret" in json.dumps(r) for r in refused)
+    refused = [r for r in job.trace("fusion") if r.get("event") == "refused"]
+    reasons = {r["reason"] for r in refused}
+    assert any(r["reason"] == "unknown_key" and r["fingerprint"] == unknown_fp
+               and r["address"] == b.address for r in refused), refused
+    assert reasons & {"mechanism_mismatch", "handshake_aborted"}, refused  # no keys
+    assert "wrong_server_key" in reasons, refused  # the stranger
+    assert not any("secret" in json.dumps(r) for r in refused)
+    assert not [r for r in job.trace("daemon") if r.get("event") == "refused"]
     members = {r.get("member") for r in job.trace("daemon") if r.get("event") == "join"}
     assert members == {"extractor:quality#1"}
 
