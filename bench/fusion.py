@@ -22,7 +22,8 @@ import time
 
 from momentbus.fusion.aligner import Aligner
 from momentbus.fusion.rules import build_rules, parse_rules
-from momentbus.ipc.schema import FaceObs, Obs, QualityObs
+from momentbus.ipc.payloads import Box, Expression, Face, Faces, Point2, QualityReading
+from momentbus.ipc.schema import Obs
 from momentbus.traces.summary import percentile
 
 
@@ -36,6 +37,8 @@ kind = "quality_gate"
 """
 MS = 1_000_000
 PERIOD = 100 * MS
+FIVE_POINTS = [Point2(0.4, 0.4), Point2(0.5, 0.4), Point2(0.45, 0.5), Point2(0.42, 0.6),
+               Point2(0.48, 0.6)]
 
 
 def make_observations(minutes: float, seed: int) -> list[tuple[int, Obs]]:
@@ -46,11 +49,14 @@ def make_observations(minutes: float, seed: int) -> list[tuple[int, Obs]]:
     for i in range(n):
         t = i * PERIOD
         happy = 0.9 if (t // 1_000_000_000) % 20 in (10, 11, 12) else 0.05
-        f = FaceObs(source_id="s", group="face", component="extractor:face#1", seq=i, t_ns=t,
-                    watermark_ns=t, faces=[{"track_id": 1, "box": [0, 0, 1, 1],
-                                            "expression": {"happy": happy}}])
-        q = QualityObs(source_id="s", group="quality", component="extractor:quality#1", seq=i,
-                       t_ns=t, watermark_ns=t, blur=300.0, gate=True)
+        face = Face(track_id=1, box=Box(0.3, 0.2, 0.6, 0.7), score=0.9, landmarks=FIVE_POINTS,
+                    expression=Expression(happy=happy, neutral=round(1 - happy, 4)),
+                    area_ratio=0.1)
+        f = Obs(source_id="s", group="face", component="extractor:face#1", seq=i, t_ns=t,
+                watermark_ns=t, payload=Faces(faces=[face]))
+        q = Obs(source_id="s", group="quality", component="extractor:quality#1", seq=i, t_ns=t,
+                watermark_ns=t, payload=QualityReading(blur=300.0, brightness=0.5, contrast=0.2,
+                                                       gate=True))
         out.append((t + rng.randint(40, 120) * MS, f))
         out.append((t + rng.randint(2, 8) * MS, q))
     out.sort(key=lambda a: (a[0], a[1].group))
@@ -74,7 +80,7 @@ def run_watermark(observations: list[tuple[int, Obs]]) -> tuple[list[float], int
         cpu = time.perf_counter_ns() - c0
         for trig in out.trigs:
             fired += 1
-            t_confirm = trig.evidence[1]["t_ns"]
+            t_confirm = trig.evidence[1].t_ns
             latencies.append((arrival - needed_arrival(arrivals, t_confirm) + cpu) / MS)
     return latencies, fired
 
@@ -108,7 +114,7 @@ def run_fixed_window(observations: list[tuple[int, Obs]], window_ns: int = 100 *
         cpu = time.perf_counter_ns() - c0
         for trig in trigs:
             fired += 1
-            t_confirm = trig.evidence[1]["t_ns"]
+            t_confirm = trig.evidence[1].t_ns
             latencies.append((window_end - needed_arrival(arrivals, t_confirm) + cpu) / MS)
         window_end += window_ns
     return latencies, fired, dropped
