@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 import cv2
@@ -12,6 +11,7 @@ import numpy as np
 from ..ipc.payloads import Box, Expression, Face, Faces, Point2, clamp_coord, clamp_unit
 from ..ipc.schema import Frame
 from ..ipc.vocab import EMOTIONS
+from ..tracking import IouTracker
 from .base import FrameExtractor, ModelLoadError
 from .models import FER_EMOTION, LANDMARK_2D106, SCRFD_500M, checked_file
 
@@ -31,68 +31,9 @@ GENERIC_FACE_3D = np.array([
 DET_THRESHOLD = 0.5
 #: Detector input (px): SCRFD's training size, insightface's default ``det_size``.
 DET_SIZE = (640, 640)
-#: Tracks: a detection joins the track whose last box overlaps it most, if IoU >= 0.3; a track
-#: unseen for 1 s of event time ends (a face hidden longer gets a new id).
-TRACK_IOU = 0.3
-TRACK_MAX_AGE_NS = 1_000_000_000
 #: Expression crop: the box grown by 15 % a side, close to fer's own 10 px offsets at its
 #: cascade's box sizes, square, as FER2013's 48x48 crops are.
 EXPRESSION_MARGIN = 0.15
-
-
-@dataclass
-class _Track:
-    track_id: int
-    box: np.ndarray
-    last_t_ns: int
-
-
-@dataclass
-class IouTracker:
-    """Greedy IoU association of boxes across frames (event time, not frame count).
-
-    A live source's reconnect (a new ``generation``) is a cut: what comes after is another
-    moment, so every track ends there and the faces after it get new ids (ids never repeat),
-    and the rules judge them afresh (an expression's baseline is per track).
-    """
-
-    min_iou: float = TRACK_IOU
-    max_age_ns: int = TRACK_MAX_AGE_NS
-    tracks: list[_Track] = field(default_factory=list)
-    next_id: int = 1
-    generation: int = 0
-
-    def update(self, boxes: np.ndarray, t_ns: int, generation: int = 0) -> list[int]:
-        if generation != self.generation:
-            self.tracks = []
-            self.generation = generation
-        self.tracks = [t for t in self.tracks if t_ns - t.last_t_ns <= self.max_age_ns]
-        ids = [0] * len(boxes)
-        pairs = sorted(((_iou(b, t.box), i, j) for i, b in enumerate(boxes)
-                        for j, t in enumerate(self.tracks)), reverse=True)
-        used_d, used_t = set(), set()
-        for iou, i, j in pairs:
-            if iou < self.min_iou or i in used_d or j in used_t:
-                continue
-            used_d.add(i)
-            used_t.add(j)
-            self.tracks[j].box = boxes[i]
-            self.tracks[j].last_t_ns = t_ns
-            ids[i] = self.tracks[j].track_id
-        for i, b in enumerate(boxes):
-            if i not in used_d:
-                self.tracks.append(_Track(self.next_id, b, t_ns))
-                ids[i] = self.next_id
-                self.next_id += 1
-        return ids
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def head_pose(landmarks: np.ndarray, width: int, height: int) -> tuple[float, float, float]:
@@ -193,7 +134,7 @@ class InsightFaceExtractor(FrameExtractor):
         boxes, kpss = self.detector.detect(img, input_size=DET_SIZE, max_num=0)
         if boxes is None or len(boxes) == 0:
             self.tracker.update(np.zeros((0, 4)), frame.t_ns, frame.generation)
-            return Faces(faces=[])
+            return Faces(faces=[], generation=frame.generation)
         ids = self.tracker.update(boxes[:, :4], frame.t_ns, frame.generation)
         gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if self.expression else None
         faces = []
@@ -205,7 +146,7 @@ class InsightFaceExtractor(FrameExtractor):
                 dense = self.landmarker.get(img, InsightFace(bbox=box[:4], kps=kps))[:, :2]
             faces.append(face_record(track_id, box[:4], float(box[4]), kps, w, h, gray,
                                      self.expression, dense))
-        return Faces(faces=faces)
+        return Faces(faces=faces, generation=frame.generation)
 
 
 def points(pixels: np.ndarray, w: int, h: int) -> list[Point2]:

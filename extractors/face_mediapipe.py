@@ -14,8 +14,9 @@ import numpy as np
 
 from ..ipc.payloads import Faces
 from ..ipc.schema import Frame
+from ..tracking import IouTracker, iou
 from .base import FrameExtractor, ModelLoadError
-from .face import ExpressionModel, IouTracker, _iou, face_record
+from .face import ExpressionModel, face_record
 
 #: Face Mesh indices of the 5 key points, in insightface order (image-left eye first):
 #: iris centres 468/473 (with ``refine_landmarks``), nose tip 1, mouth corners 61/291
@@ -59,7 +60,7 @@ class MediaPipeFaceExtractor(FrameExtractor):
             scores.append(float(d.score[0]))
         if not boxes:
             self.tracker.update(np.zeros((0, 4)), frame.t_ns, frame.generation)
-            return Faces(faces=[])
+            return Faces(faces=[], generation=frame.generation)
         boxes_arr = np.array(boxes)
         meshes = []
         mesh = self.mesh.process(rgb)
@@ -71,8 +72,8 @@ class MediaPipeFaceExtractor(FrameExtractor):
         gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if self.expression else None
         faces = []
         for box, score, track_id in zip(boxes_arr, scores, ids):
-            match = max(meshes, key=lambda m: _iou(box, m[1]), default=None)
-            if match is not None and _iou(box, match[1]) >= 0.3:
+            match = max(meshes, key=lambda m: iou(box, m[1]), default=None)
+            if match is not None and iou(box, match[1]) >= 0.3:
                 pts = match[0]
                 kps = pts[list(MESH_KEYPOINTS)]
                 if kps[0, 0] > kps[1, 0]:  # image-left eye first, as insightface orders them
@@ -85,7 +86,7 @@ class MediaPipeFaceExtractor(FrameExtractor):
                 kps = np.array([rel[1], rel[0], rel[2], rel[3], rel[3]])
             faces.append(face_record(track_id, box, score, kps, w, h, gray, self.expression,
                                      pts))
-        return Faces(faces=faces)
+        return Faces(faces=faces, generation=frame.generation)
 
     def close(self) -> None:
         self.detector.close()

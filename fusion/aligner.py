@@ -39,6 +39,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from ..ipc.schema import Obs, Trig
+from ..tracking import GroupTracks
 from .rules import Rule
 
 NEG_INF = -(1 << 62)
@@ -143,6 +144,10 @@ class Aligner:
         self.hold_silent = False
         self._received: dict[str, OrderedDict[tuple[int, int], None]] = {}
         self._readers_cache: dict[str, tuple[frozenset[str], int]] = {}
+        #: face tracks per group, over every member's observations in event time (tracking.py)
+        self.tracks = GroupTracks()
+        #: pending face observations not yet re-tracked, per group, in key order
+        self._untracked: dict[str, list[_Pending]] = {}
 
     # ------------------------------------------------------------------ watermarks
 
@@ -278,6 +283,8 @@ class Aligner:
             pend = _Pending((obs.t_ns, obs.group, obs.component, obs.seq), obs, now_ns, waiting,
                             readers)
             bisect.insort(self.pending.setdefault(obs.group, []), pend)
+            if self.tracks.wants(obs):
+                bisect.insort(self._untracked.setdefault(obs.group, []), pend)
             member.latest_ns = max(member.latest_ns, obs.t_ns)
         self._advance(member, obs.watermark_ns)
         out.extend(self._release(now_ns))
@@ -370,8 +377,21 @@ class Aligner:
                 out.append(g)
         return out
 
+    def _retrack(self) -> None:
+        """Give the face observations each group's watermark has passed the group's track ids,
+        in event-time order, before any rule reads them (a rule is complete only up to the
+        watermarks of the groups it reads)."""
+        for group, items in self._untracked.items():
+            if not items:
+                continue
+            hi = bisect.bisect_right(items, self.group_watermark(group), key=lambda p: p.key[0])
+            for pend in items[:hi]:
+                pend.obs = self.tracks.retrack(pend.obs)
+            del items[:hi]
+
     def _release(self, now_ns: int) -> Output:
         out = Output()
+        self._retrack()
         for rule in self.rules:
             complete = self.complete_until(rule)
             start = self.released[rule.name]

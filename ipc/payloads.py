@@ -162,11 +162,13 @@ class Payload(Struct, frozen=True, kw_only=True, tag_field="kind",
 
 
 class Faces(Payload, frozen=True, kw_only=True, tag="face"):
-    """The faces seen in one frame (an empty list: looked, found none)."""
+    """The faces seen in one frame (an empty list: looked, found none). ``generation``: the
+    frame's (a live source's connection; 0 for a file): tracks end at a new one."""
 
     KIND: ClassVar[str] = "face"
 
     faces: Annotated[list[Face], Meta(max_length=256)] = []
+    generation: NonNegInt = 0
 
 
 class Persons(Payload, frozen=True, kw_only=True, tag="pose"):

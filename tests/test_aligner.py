@@ -807,3 +807,36 @@ def test_on_a_file_a_member_silent_past_the_hold_timeout_counts_as_lost() -> Non
     out = al.on_tick(61 * S)
     assert [(m["event"], m["member"]) for m in out.members] == [("lost", "f")]
     assert rec.times() == [100 * MS]
+
+
+def test_face_tracks_are_the_groups_whichever_member_saw_the_frame() -> None:
+    """Two processes of one face group each count their own tracks, and face#2 took no frame
+    for 1.5 s (over the 1 s a track lasts unseen). Fusion tracks the group over both, in event
+    time, so the rules see the ids one process would have given: the two faces keep one id each
+    throughout."""
+    from momentbus.ipc.payloads import Box
+
+    left, right = Box(0.1, 0.2, 0.3, 0.6), Box(0.6, 0.2, 0.8, 0.6)
+
+    def seen(component: str, seq: int, ids: tuple[int, int]) -> Obs:
+        t = seq * 100 * MS
+        faces = [a_face(ids[0], box=left, happy=0.1), a_face(ids[1], box=right, happy=0.1)]
+        return face_obs(seq, t, faces, component=component, source_id=SRC)
+
+    rec = Recorder("r", ("face",))
+    al = Aligner([rec], ["face"])
+    al.on_join("extractor:face#1", "face", 0)
+    al.on_join("extractor:face#2", "face", 0)
+    # face#1 numbers them 1, 2; face#2 (another process, with a face it saw and lost before)
+    # numbers them 7, 8, then 9, 10 after its own 1.5 s without frames
+    takes = ([("extractor:face#1", s, (1, 2)) for s in range(0, 30)]
+             + [("extractor:face#2", s, (7, 8)) for s in range(30, 40, 2)]
+             + [("extractor:face#1", s, (1, 2)) for s in range(31, 56, 2)]
+             + [("extractor:face#1", s, (1, 2)) for s in range(56, 70, 2)]
+             + [("extractor:face#2", s, (9, 10)) for s in range(57, 70, 2)])
+    for component, seq, ids in takes:
+        al.on_obs(seen(component, seq, ids), seq)
+    al.finish(10**6)
+    assert len(rec.seen) == len(takes)
+    assert {(o.payload.faces[0].track_id, o.payload.faces[1].track_id) for o in rec.seen} \
+        == {(1, 2)}

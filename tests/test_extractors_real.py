@@ -132,7 +132,7 @@ def test_face_tracks_end_at_a_reconnect():
     (ids never repeat), so rules judge the face afresh."""
     import numpy as np
 
-    from momentbus.extractors.face import IouTracker
+    from momentbus.tracking import IouTracker
 
     tracker = IouTracker()
     box = np.array([[10.0, 10.0, 50.0, 50.0]])
