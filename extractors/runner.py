@@ -177,19 +177,19 @@ def run(cfg: RunnerConfig, tracer: Tracer, stop: StopFlag, extractor: Extractor 
         # fusion must know this member before the daemon gives it a frame (a group's watermark
         # is the minimum over the members fusion knows: frames taken by a member it has not
         # heard of could be released past, and come late), so the frame bus comes second
+        known = False
         try:
             known = _wait_for_fusion(link, link.send(hello), cfg, tracer, stop,
                                      fusion_handshake)
         except PeerRefusedError as e:  # keys that cannot work: a user mistake, exit 2
             tracer.error("join", e)
-            heartbeat.stop()
-            extractor.close()
             raise
         finally:
             fusion_handshake.close()
+            if not known:  # never joined: the heartbeat never started, the model is unused
+                heartbeat.stop()
+                extractor.close()
         if not known:
-            heartbeat.stop()
-            extractor.close()
             return ExitCode.OK if stop.is_set() else ExitCode.FUSION_UNREACHABLE
         with FrameBusClient(cfg.daemon, hello, credits=cfg.credits,
                             daemon_timeout_s=cfg.daemon_timeout_s) as client:

@@ -20,15 +20,12 @@ class FpsSampler:
 
     def __call__(self, t_ns: int) -> bool:
         """Whether the frame at ``t_ns`` is due."""
-        if self.fps is None:
-            return True
-        tolerance = self.period_ns // 4
-        if self.next_due_ns is None:
-            self.next_due_ns = t_ns
-        if t_ns + tolerance < self.next_due_ns:
+        if not self.due(t_ns):
             return False
-        slots = (t_ns + tolerance - self.next_due_ns) // self.period_ns + 1
-        self.next_due_ns += slots * self.period_ns
+        if self.fps is not None:
+            early = t_ns + self.period_ns // 4  # a quarter period early still takes the slot
+            start = t_ns if self.next_due_ns is None else self.next_due_ns
+            self.next_due_ns = start + ((early - start) // self.period_ns + 1) * self.period_ns
         return True
 
     def due(self, t_ns: int) -> bool:
